@@ -1,0 +1,192 @@
+"""Command line: `python -m engine {fetch,info,generate,logits} ...` (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from engine.loader import fetch
+
+    folder = fetch(args.name)
+    print(f"{args.name}: ready in {folder}")
+    return 0
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import kernels
+    from engine.loader.manifest import (
+        cache_root,
+        converted_dir,
+        default_model,
+        get_spec,
+        gguf_path,
+        is_converted,
+        known_models,
+    )
+
+    names = [args.name] if args.name else known_models()
+    print(f"cache: {cache_root()}  (set TINY_LLM_CACHE to move it)")
+    for name in names:
+        spec = get_spec(name)
+        tag = " (default)" if name == default_model() else ""
+        print(f"\n{name}{tag}: {spec.display_name}, architecture {spec.architecture}")
+        print(f"  source: {spec.part_packages[0]} … {spec.part_packages[-1]} =={spec.version}")
+        print(f"  GGUF: {_fmt_size(spec.joined_size)}, sha256 {spec.sha256}")
+        g = gguf_path(name)
+        print(f"  joined GGUF: {g if g.is_file() else 'not downloaded'}")
+        if is_converted(name):
+            d = converted_dir(name)
+            cfg = json.loads((d / "config.json").read_text())
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            print(f"  converted: {d} ({_fmt_size(size)})")
+            print(
+                f"  config: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']},"
+                f" {cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV heads,"
+                f" vocab {cfg['vocab_size']}, context {cfg['max_position_embeddings']}"
+            )
+        else:
+            print(f"  converted: no (run `python -m engine fetch {name}`)")
+    print("\nkernel backends:")
+    for backend, state in kernels.available_backends().items():
+        print(f"  {backend:6s} {state}")
+    print(f"linear uses: {kernels.backend_for('linear')}")
+    return 0
+
+
+def _sampling(args: argparse.Namespace):
+    from engine.sampling import SamplingParams
+
+    return SamplingParams(
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, max_tokens=args.max_tokens,
+        stop=tuple(args.stop or ()),
+    )  # fmt: skip
+
+
+def _prompt_ids(lm, args: argparse.Namespace) -> list[int]:
+    if getattr(args, "ids", None):
+        return [int(t) for t in args.ids.split(",") if t.strip()]
+    if args.prompt is None or not args.prompt.strip():
+        raise ValueError("the prompt is empty: pass --prompt TEXT")
+    if getattr(args, "chat", False):
+        return lm.tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}])
+    return lm.tokenizer.encode(args.prompt)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from engine.generate import FinishEvent, generate
+    from engine.loader import load_model
+
+    params = _sampling(args)  # validate before the (slow) load
+    lm = load_model(args.model, backend=args.backend)
+    ids = _prompt_ids(lm, args)
+    finish = None
+    for ev in generate(lm.model, lm.tokenizer, ids, params, use_cache=not args.no_cache):
+        if isinstance(ev, FinishEvent):
+            finish = ev
+            if not args.json:
+                print(ev.tail, end="", flush=True)
+        elif not args.json:
+            print(ev.text, end="", flush=True)
+    assert finish is not None
+    if args.json:
+        print(json.dumps({
+            "model": lm.name, "text": finish.text, "token_ids": list(finish.token_ids),
+            "prompt_tokens": finish.prompt_tokens, "generated_tokens": len(finish.token_ids),
+            "finish_reason": finish.reason, "prefill_s": round(finish.prefill_s, 4),
+            "decode_s": round(finish.decode_s, 4), "prefill_tps": round(finish.prefill_tps, 2),
+            "decode_tps": round(finish.decode_tps, 2), "cache": not args.no_cache,
+        }, ensure_ascii=False))  # fmt: skip
+    else:
+        print(
+            f"\n[{finish.reason}: {finish.prompt_tokens} prompt tokens at {finish.prefill_tps:.1f} tok/s,"
+            f" {len(finish.token_ids)} generated at {finish.decode_tps:.1f} tok/s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _cmd_logits(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.generate import check_prompt, last_logits
+    from engine.loader import load_model
+
+    lm = load_model(args.model, backend=args.backend)
+    ids = _prompt_ids(lm, args)
+    check_prompt(ids, lm.model.args.max_position_embeddings)
+    logits = last_logits(lm.model, ids).astype(np.float32)  # (V,)
+    np.save(args.out, logits)
+    top = np.argsort(-logits)[:5]
+    shown = ", ".join(f"{lm.tokenizer.decode([int(t)])!r} {logits[t]:.2f}" for t in top)
+    print(f"wrote {args.out}: float32 {logits.shape}; top: {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.loader.manifest import default_model
+
+    p = argparse.ArgumentParser(prog="python -m engine", description="Tiny LLM Playground engine")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    f = sub.add_parser("fetch", help="download, verify and convert a model into the cache")
+    f.add_argument("name", help="model name from assets/models.json")
+    f.set_defaults(func=_cmd_fetch)
+
+    i = sub.add_parser("info", help="where model files are, sizes, architecture, kernel backends")
+    i.add_argument("name", nargs="?", help="one model (default: all known)")
+    i.set_defaults(func=_cmd_info)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=default_model(), help="manifest name or model folder")
+        sp.add_argument("--backend", default=None, help="kernel backend: ref, cpu, ... (default fastest)")
+
+    g = sub.add_parser("generate", help="stream a completion to the terminal")
+    model_args(g)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--no-cache", action="store_true", help="week-1 path: recompute the sequence each step")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    g.set_defaults(func=_cmd_generate)
+
+    lg = sub.add_parser("logits", help="write the last position's logits as float32 .npy")
+    model_args(lg)
+    src = lg.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--ids", help="comma-separated token ids")
+    lg.add_argument("--chat", action="store_true")
+    lg.add_argument("--out", type=Path, required=True)
+    lg.set_defaults(func=_cmd_logits)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to continue", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Load a model by manifest name (fetching it on first use) or from a folder given by path.
+
+A folder is HF/MLX style: config.json, one or more *.safetensors, tokenizer.json and
+tokenizer_config.json. Weights are cast to float32 (the CPU kernels' activation dtype).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from engine.loader.manifest import get_spec
+from engine.models.qwen2 import ModelArgs, Qwen2Model, sanitize
+from engine.tokenizer import Tokenizer
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    model: Qwen2Model
+    tokenizer: Tokenizer
+    config: dict
+
+
+def resolve_model_dir(name_or_path: str, *, quiet: bool = False) -> tuple[str, Path]:
+    """(display name, folder) for a manifest name (fetched if needed) or an existing folder."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p.name, p
+    if "/" in name_or_path or name_or_path.startswith("."):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+    from engine.loader.fetch import fetch
+
+    spec = get_spec(name_or_path)  # raises UnknownModelError listing the known names
+    return spec.name, fetch(spec.name, quiet=quiet)
+
+
+def load_weights(folder: Path) -> dict[str, mx.array]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+    weights: dict[str, mx.array] = {}
+    for f in files:
+        weights.update(mx.load(str(f)))
+    if any(k.endswith(".scales") for k in weights):
+        raise ValueError(
+            f"{folder} holds MLX-quantized weights; load a float16/bfloat16/float32 folder instead"
+        )
+    return weights
+
+
+def load_model(name_or_path: str, *, backend: str | None = None, quiet: bool = False) -> LoadedModel:
+    """Load model + tokenizer. backend: kernel backend for the linear layers (None = fastest)."""
+    name, folder = resolve_model_dir(name_or_path, quiet=quiet)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file} is missing: a model folder needs config.json")
+    config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    args = ModelArgs.from_dict(config)
+    weights = sanitize(load_weights(folder), args)
+    mx.eval(weights)
+    model = Qwen2Model(args, weights, backend=backend)
+    tokenizer = Tokenizer.from_dir(folder)
+    return LoadedModel(name=name, path=folder, model=model, tokenizer=tokenizer, config=config)

@@ -1,0 +1,165 @@
+"""Sampling: small pure functions over one position's logits.
+
+The distribution is computed separately from the draw (speculative decoding and the playground need the
+probabilities themselves). Pipeline, in this order:
+    repetition penalty -> temperature -> top-k -> top-p -> min-p -> renormalize -> draw
+Temperature 0 means greedy: the argmax with probability 1. Every filter keeps at least one token.
+Work is done in numpy float64 on the host: one row of logits per step, exact and cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings; invalid values raise ValueError at construction."""
+
+    temperature: float = 0.7
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    repetition_context: int = 64  # how many recent tokens the penalty looks at (0 = all)
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    logprobs: int = 10  # how many top raw log-probabilities each token event carries
+
+    def __post_init__(self) -> None:
+        checks = [
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
+            (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (
+                math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+                "repetition_penalty must be > 0 (1 = off)",
+            ),
+            (self.repetition_context >= 0, "repetition_context must be >= 0"),
+            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            (self.logprobs >= 0, "logprobs must be >= 0"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"invalid sampling parameters: {msg}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What the sampler drew from: kept token ids (most probable first) and their renormalized probs."""
+
+    token_ids: np.ndarray  # (n,) int64
+    probs: np.ndarray  # (n,) float64, sums to 1
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One sampling step: the drawn token and everything needed to redraw the picture of the step."""
+
+    token: int
+    prob: float  # probability of `token` under the distribution it was drawn from
+    logprob: float  # log-probability of `token` under the raw (unfiltered, temperature 1) model
+    top_ids: tuple[int, ...]  # top raw tokens, most probable first
+    top_logprobs: tuple[float, ...]
+    kept: Distribution = field(repr=False)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64) - np.max(logits)
+    return x - np.log(np.sum(np.exp(x)))
+
+
+def apply_repetition_penalty(logits: np.ndarray, tokens: Iterable[int], penalty: float) -> np.ndarray:
+    """CTRL-style penalty on every token already seen: positive logits / penalty, negative * penalty."""
+    ids = np.unique(np.fromiter(tokens, dtype=np.int64))
+    if penalty == 1.0 or ids.size == 0:
+        return logits
+    out = logits.astype(np.float64, copy=True)
+    sel = out[ids]
+    out[ids] = np.where(sel > 0, sel / penalty, sel * penalty)
+    return out
+
+
+def top_k_mask(probs_sorted: np.ndarray, k: int) -> np.ndarray:
+    """Keep the first k of probabilities sorted descending (k = 0: keep all)."""
+    keep = np.ones_like(probs_sorted, dtype=bool)
+    if 0 < k < probs_sorted.size:
+        keep[k:] = False
+    return keep
+
+
+def top_p_mask(probs_sorted: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus: the smallest prefix whose mass reaches p (the token crossing p is kept)."""
+    if p >= 1.0:
+        return np.ones_like(probs_sorted, dtype=bool)
+    # Exclusive prefix sum: the mass of the strictly more probable tokens (no subtraction round-off).
+    mass_before = np.concatenate([[0.0], np.cumsum(probs_sorted)[:-1]])
+    return mass_before < p
+
+
+def min_p_mask(probs_sorted: np.ndarray, min_p: float) -> np.ndarray:
+    """Keep tokens whose probability is at least min_p times the top probability."""
+    if min_p <= 0.0:
+        return np.ones_like(probs_sorted, dtype=bool)
+    return probs_sorted >= min_p * probs_sorted[0]
+
+
+def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[int] = ()) -> Distribution:
+    """The filtered, renormalized distribution the draw uses.  logits: (V,) for one position."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if params.repetition_penalty != 1.0:
+        hist = list(history)
+        if params.repetition_context:
+            hist = hist[-params.repetition_context :]
+        logits = apply_repetition_penalty(logits, hist, params.repetition_penalty)
+    if params.greedy:
+        return Distribution(np.array([int(np.argmax(logits))]), np.array([1.0]))
+    order = np.argsort(-logits, kind="stable")  # most probable first
+    probs = np.exp(log_softmax(logits[order] / params.temperature))  # (V,) sorted descending
+    keep = top_k_mask(probs, params.top_k)
+    # Each later filter sees the renormalized output of the earlier ones (HF warper order).
+    kept = probs * keep
+    keep &= top_p_mask(kept / kept.sum(), params.top_p)
+    kept = probs * keep
+    keep &= min_p_mask(kept / kept.sum(), params.min_p)
+    n = int(keep.sum())  # every mask keeps a prefix, so the kept set is the first n tokens
+    p = probs[:n] / probs[:n].sum()
+    return Distribution(order[:n].astype(np.int64), p)
+
+
+class Sampler:
+    """Draws tokens for one request; owns the request's random generator (seeded for reproducibility)."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: Iterable[int] = ()) -> SampleRecord:
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        dist = distribution(logits, self.params, history)
+        idx = 0 if dist.probs.size == 1 else int(self.rng.choice(dist.probs.size, p=dist.probs))
+        token = int(dist.token_ids[idx])
+        raw = log_softmax(logits)
+        n = min(self.params.logprobs, raw.size)
+        top = np.argpartition(-raw, n - 1)[:n] if n else np.array([], dtype=np.int64)
+        top = top[np.argsort(-raw[top], kind="stable")]
+        return SampleRecord(
+            token=token,
+            prob=float(dist.probs[idx]),
+            logprob=float(raw[token]),
+            top_ids=tuple(int(i) for i in top),
+            top_logprobs=tuple(float(raw[i]) for i in top),
+            kept=dist,
+        )

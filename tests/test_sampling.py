@@ -1,0 +1,128 @@
+"""Sampling filters with exact numbers, parameter validation, and seeded draws."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from engine.sampling import Sampler, SamplingParams, apply_repetition_penalty, distribution
+
+P = np.array([0.05, 0.5, 0.1, 0.2, 0.15])  # token 1 > 3 > 4 > 2 > 0
+LOGITS = np.log(P)
+
+
+def dist(**kw):
+    d = distribution(LOGITS, SamplingParams(**kw))
+    return dict(zip(d.token_ids.tolist(), d.probs.tolist(), strict=True))
+
+
+def approx(d: dict, expected: dict) -> None:
+    assert list(d) == list(expected), f"kept {list(d)}, expected {list(expected)}"
+    for t, p in expected.items():
+        assert d[t] == pytest.approx(p, abs=1e-12), f"token {t}: {d[t]} != {p}"
+
+
+def test_temperature_one_keeps_the_model_distribution():
+    approx(dist(temperature=1.0), {1: 0.5, 3: 0.2, 4: 0.15, 2: 0.1, 0: 0.05})
+
+
+def test_temperature_two_takes_square_roots():
+    r = np.sqrt(P)
+    expected = {t: r[t] / r.sum() for t in (1, 3, 4, 2, 0)}
+    approx(dist(temperature=2.0), expected)
+
+
+def test_greedy_is_argmax_with_probability_one():
+    approx(dist(temperature=0.0), {1: 1.0})
+
+
+def test_top_k_two():
+    approx(dist(temperature=1.0, top_k=2), {1: 0.5 / 0.7, 3: 0.2 / 0.7})
+
+
+def test_top_k_larger_than_vocab_keeps_all():
+    assert len(dist(temperature=1.0, top_k=99)) == 5
+
+
+def test_top_p_keeps_the_token_that_crosses_p():
+    # mass before: 1 -> 0, 3 -> 0.5, 4 -> 0.7. With p = 0.6 tokens 1 and 3 stay.
+    approx(dist(temperature=1.0, top_p=0.6), {1: 0.5 / 0.7, 3: 0.2 / 0.7})
+
+
+def test_top_p_exactly_at_a_boundary_drops_the_next_token():
+    approx(dist(temperature=1.0, top_p=0.5), {1: 1.0})
+
+
+def test_top_p_tiny_keeps_the_top_token():
+    approx(dist(temperature=1.0, top_p=1e-9), {1: 1.0})
+
+
+def test_min_p_threshold_relative_to_top():
+    # min_p 0.3 * 0.5 = 0.15: tokens 1, 3, 4 stay (0.15 >= 0.15).
+    approx(dist(temperature=1.0, min_p=0.3), {1: 0.5 / 0.85, 3: 0.2 / 0.85, 4: 0.15 / 0.85})
+
+
+def test_filters_compose_in_order_top_k_then_top_p_then_min_p():
+    # top_k 3 -> {1: .5/.85, 3: .2/.85, 4: .15/.85}; top_p 0.8: mass before 4 = .7/.85 = .8235 >= .8
+    approx(dist(temperature=1.0, top_k=3, top_p=0.8), {1: 0.5 / 0.7, 3: 0.2 / 0.7})
+    # then min_p 0.5 on {.714, .286}: .286 < .357 -> only token 1
+    approx(dist(temperature=1.0, top_k=3, top_p=0.8, min_p=0.5), {1: 1.0})
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_logits():
+    out = apply_repetition_penalty(np.array([2.0, -2.0, 1.0]), [0, 1, 1], 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0]
+
+
+def test_repetition_penalty_changes_the_greedy_choice():
+    logits = np.array([3.0, 2.0, 0.0])
+    params = SamplingParams(temperature=0, repetition_penalty=2.0)
+    assert distribution(logits, params, history=[0]).token_ids.tolist() == [1]
+    assert distribution(logits, params, history=[2]).token_ids.tolist() == [0]
+
+
+def test_repetition_context_limits_the_window():
+    logits = np.array([3.0, 2.0, 0.0])
+    params = SamplingParams(temperature=0, repetition_penalty=2.0, repetition_context=2)
+    assert distribution(logits, params, history=[0, 2, 2]).token_ids.tolist() == [0]
+
+
+def test_seeded_sampler_is_reproducible_and_matches_frequencies():
+    params = SamplingParams(temperature=1.0, seed=1234)
+    a = [Sampler(params)(LOGITS).token for _ in range(1)]
+    s1, s2 = Sampler(params), Sampler(params)
+    seq1 = [s1(LOGITS).token for _ in range(4000)]
+    seq2 = [s2(LOGITS).token for _ in range(4000)]
+    assert seq1 == seq2 and a[0] == seq1[0]
+    freq = np.bincount(seq1, minlength=5) / len(seq1)
+    assert np.abs(freq - P).max() < 0.03, freq
+
+
+def test_sample_record_reports_raw_logprobs_and_kept_probability():
+    rec = Sampler(SamplingParams(temperature=1.0, top_k=2, seed=0, logprobs=3))(LOGITS)
+    assert rec.token in (1, 3)
+    assert rec.top_ids == (1, 3, 4)
+    assert rec.top_logprobs == pytest.approx((math.log(0.5), math.log(0.2), math.log(0.15)))
+    assert rec.logprob == pytest.approx(math.log(P[rec.token]))
+    assert rec.prob == pytest.approx({1: 0.5 / 0.7, 3: 0.2 / 0.7}[rec.token])
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 1.2}, "min_p"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
+def test_invalid_sampling_params_are_rejected(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        SamplingParams(**kw)

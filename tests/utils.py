@@ -1,0 +1,97 @@
+"""Test helpers: one assert_allclose that prints the worst elements, per-dtype tolerances, tiny models."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+# (rtol, atol) per dtype of the computation under test.
+TOLERANCES = {
+    mx.float32: (1e-5, 1e-5),
+    mx.float16: (1e-3, 1e-3),
+    mx.bfloat16: (1e-2, 1e-2),
+}
+
+
+def tolerance(dtype) -> tuple[float, float]:
+    return TOLERANCES[dtype]
+
+
+def assert_allclose(actual, expected, rtol: float, atol: float, what: str = "") -> None:
+    """np.testing-style check whose failure message lists the 5 worst elements with their indices."""
+    a = np.asarray(actual.astype(mx.float32) if isinstance(actual, mx.array) else actual, dtype=np.float64)
+    e = np.asarray(expected.astype(mx.float32) if isinstance(expected, mx.array) else expected, np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
+    err = np.abs(a - e)
+    bound = atol + rtol * np.abs(e)
+    bad = err > bound
+    if bad.any() or not np.isfinite(a).all():
+        order = np.argsort(-(err - bound).ravel())[:5]
+        rows = [
+            f"  at {np.unravel_index(i, a.shape)}: got {a.ravel()[i]:.7g}, expected {e.ravel()[i]:.7g}"
+            f" (|diff| {err.ravel()[i]:.3g} > {bound.ravel()[i]:.3g})"
+            for i in order
+        ]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {a.size} elements out of tolerance (rtol={rtol}, atol={atol});"
+            f" max |diff| {err.max():.3g}\n" + "\n".join(rows)
+        )
+
+
+def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    """KL(P || Q) between the softmax distributions of two logit vectors, in nats."""
+    lp = p_logits.astype(np.float64) - np.logaddexp.reduce(p_logits.astype(np.float64))
+    lq = q_logits.astype(np.float64) - np.logaddexp.reduce(q_logits.astype(np.float64))
+    return float(np.sum(np.exp(lp) * (lp - lq)))
+
+
+TINY_CONFIG = {
+    "model_type": "qwen2",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 96,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 300,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+}
+
+
+def tiny_weights(config: dict, seed: int = 0) -> dict[str, mx.array]:
+    """Random HF-named float32 weights for a tiny Qwen2 (norm weights near 1, biases non-zero)."""
+    key = mx.random.key(seed)
+    D, F, V = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    H, Hkv = config["num_attention_heads"], config["num_key_value_heads"]
+    hd = D // H
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not config["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (D,),
+            p + "post_attention_layernorm.weight": (D,),
+            p + "self_attn.q_proj.weight": (H * hd, D),
+            p + "self_attn.q_proj.bias": (H * hd,),
+            p + "self_attn.k_proj.weight": (Hkv * hd, D),
+            p + "self_attn.k_proj.bias": (Hkv * hd,),
+            p + "self_attn.v_proj.weight": (Hkv * hd, D),
+            p + "self_attn.v_proj.bias": (Hkv * hd,),
+            p + "self_attn.o_proj.weight": (D, H * hd),
+            p + "mlp.gate_proj.weight": (F, D),
+            p + "mlp.up_proj.weight": (F, D),
+            p + "mlp.down_proj.weight": (D, F),
+        }
+    out = {}
+    for name, shape in sorted(shapes.items()):
+        key, sub = mx.random.split(key)
+        if name.endswith("norm.weight"):
+            out[name] = 1.0 + 0.1 * mx.random.normal(shape, key=sub)
+        else:
+            scale = 0.5 if name.endswith("bias") or "embed" in name else shape[-1] ** -0.5
+            out[name] = scale * mx.random.normal(shape, key=sub)
+    mx.eval(out)
+    return out
