@@ -22,6 +22,7 @@ from engine.loader.manifest import (
     is_converted,
     known_models,
 )
+from tests.utils import TINY_GGUF_CONFIG, tiny_weights, write_tiny_gguf
 
 fetch_mod = importlib.import_module("engine.loader.fetch")  # the module, not the re-exported function
 
@@ -167,63 +168,9 @@ def test_no_network_says_what_failed_and_how_to_fix(monkeypatch):
 # ----- conversion of a tiny GGUF written here -----
 
 
-def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) -> None:
-    """A tiny qwen2 GGUF: weights (Q8_0 for 2-D with K % 32 == 0, else F32) and a byte-level vocab."""
-    import gguf
-
-    from engine.loader.convert import _GLOBAL_MAP, _LAYER_MAP
-    from engine.tokenizer import bytes_to_unicode
-
-    inv = {v: k for k, v in _GLOBAL_MAP.items()}
-    inv_layer = {v: k for k, v in _LAYER_MAP.items()}
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(config["max_position_embeddings"])
-    w.add_embedding_length(config["hidden_size"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_rope_freq_base(config["rope_theta"])
-    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    byte_tokens = list(bytes_to_unicode().values())  # 256 byte-level symbols
-    tokens = byte_tokens + ["Ġt", "Ġth"]
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokens += [f"[PAD{i}]" for i in range(config["vocab_size"] - len(tokens) - len(specials))] + specials
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types([1] * (len(tokens) - 3) + [3, 3, 3])
-    w.add_token_merges(["Ġ t", "Ġt h"])
-    w.add_eos_token_id(len(tokens) - 1)
-    w.add_bos_token_id(len(tokens) - 3)
-    w.add_pad_token_id(len(tokens) - 3)
-    w.add_add_bos_token(False)
-    w.add_chat_template(
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    for name, arr in weights.items():
-        if name in inv:
-            gname = inv[name]
-        else:
-            i, rest = name.removeprefix("model.layers.").split(".", 1)
-            gname = f"blk.{i}.{inv_layer[rest]}"
-        if arr.ndim == 2 and arr.shape[1] % 32 == 0:
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            w.add_tensor(gname, arr.astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 @pytest.fixture
 def tiny_gguf(tmp_path):
-    from tests.utils import TINY_CONFIG, tiny_weights
-
-    cfg = TINY_CONFIG | {"tie_word_embeddings": False, "vocab_size": 288}
+    cfg = TINY_GGUF_CONFIG
     weights = {k: np.array(v) for k, v in tiny_weights(cfg, seed=9).items()}
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path, cfg, weights)
