@@ -1,0 +1,146 @@
+"""kernels: the engine's hot ops, each with a readable twin and fast backends.
+
+Backends:
+  "ref"   plain `mx` ops (kernels/ref.py) — the definition every other backend is tested against.
+  "cpu"   the C++ mlx extension kernels/cpu/_ext (custom Primitive, SIMD, blocking thread pool);
+          build it with `python -m kernels.build`.
+  "metal" / "cuda"  reported (with the reason they can't run) but not written yet.
+
+Rules it keeps:
+- Each public op validates shapes and dtypes and raises ValueError before dispatching anywhere.
+- `backend=None` picks the fastest backend that can run the call; asking for a backend that
+  can't run raises instead of quietly running another one.
+- If the cpu extension is missing or broken, default calls run on "ref" after ONE loud warning
+  (warnings + logging) saying how to build it. Nothing is ever faked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import mlx.core as mx
+
+from . import cpu as _cpu
+from . import ref
+
+__all__ = ["linear", "available_backends", "backend_for", "OPS"]
+
+OPS: tuple[str, ...] = ("linear",)
+_BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
+
+_log = logging.getLogger("kernels")
+_warned_fallback = False
+
+
+def _gpu_status(name: str) -> str:
+    """Status line for a GPU backend: no kernels are written for them yet, say why they can't run."""
+    if name == "metal":
+        present = mx.metal.is_available()
+        device = "mx.metal.is_available() is True" if present else "mx.metal.is_available() is False"
+    else:
+        cuda = getattr(mx, "cuda", None)
+        if cuda is None:
+            return "unavailable: this mlx build has no mx.cuda"
+        present = cuda.is_available()
+        device = "mx.cuda.is_available() is True" if present else "mx.cuda.is_available() is False"
+    if present:
+        return f"unavailable: {device} but no {name} kernels are written yet"
+    return f"unavailable: {device}"
+
+
+def available_backends() -> dict[str, str]:
+    """Every backend with "ok" or "unavailable: <reason>"."""
+    out = {"ref": "ok"}
+    err = _cpu.load_error()
+    out["cpu"] = "ok" if err is None else f"unavailable: {err}; {_cpu.BUILD_HINT}"
+    out["metal"] = _gpu_status("metal")
+    out["cuda"] = _gpu_status("cuda")
+    return out
+
+
+def backend_for(op: str) -> str:
+    """The backend `op` runs on by default (for float32 inputs) in this process."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
+    if mx.default_device() == mx.gpu:
+        return "ref"  # on a GPU, mlx's own matmul beats a CPU kernel; no GPU kernels of ours yet
+    return "cpu" if _cpu.load() is not None else "ref"
+
+
+def _warn_fallback_once() -> None:
+    global _warned_fallback
+    if _warned_fallback:
+        return
+    _warned_fallback = True
+    msg = (
+        f"kernels: the cpu backend is unavailable ({_cpu.load_error()}); falling back to the "
+        "reference mx ops, which are MUCH slower on CPU (netlib BLAS, one thread). "
+        f"To fix: {_cpu.BUILD_HINT}."
+    )
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    _log.warning(msg)
+
+
+def _shape(a: mx.array) -> str:
+    return "(" + ", ".join(str(d) for d in a.shape) + ("," if a.ndim == 1 else "") + ")"
+
+
+def _check_linear(x: mx.array, w: mx.array, b: mx.array | None) -> None:
+    if not isinstance(x, mx.array) or not isinstance(w, mx.array):
+        raise ValueError("linear: x and w must be mx.array")
+    if x.ndim < 1:
+        raise ValueError(f"linear: x must have at least 1 dim (..., K), got shape {_shape(x)}")
+    if w.ndim != 2:
+        raise ValueError(f"linear: w must be 2-D (N, K), got shape {_shape(w)}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, w {_shape(w)} has K={w.shape[1]}"
+        )
+    if b is not None:
+        if not isinstance(b, mx.array):
+            raise ValueError("linear: b must be an mx.array or None")
+        if b.ndim != 1 or b.shape[0] != w.shape[0]:
+            raise ValueError(
+                f"linear: b must have shape ({w.shape[0]},) to match w {_shape(w)}, got {_shape(b)}"
+            )
+    for name, a in (("x", x), ("w", w), ("b", b)):
+        if a is not None and not mx.issubdtype(a.dtype, mx.floating):
+            raise ValueError(f"linear: {name} must be a floating dtype, got {a.dtype}")
+
+
+def linear(x: mx.array, w: mx.array, b: mx.array | None = None, *, backend: str | None = None) -> mx.array:
+    """y = x @ w.T (+ b).
+
+    x: (..., K) float32, w: (N, K) float32 row-major, b: (N,) float32 or None. Returns (..., N).
+    backend: None = the fastest available for these inputs (non-float32 inputs go to "ref");
+    "ref" = plain mx ops; "cpu" = the C++ extension (float32 only, ValueError otherwise).
+    Raises ValueError on bad shapes/dtypes/backend names and RuntimeError if the requested
+    backend can't run here.
+    """
+    _check_linear(x, w, b)
+    all_f32 = x.dtype == mx.float32 and w.dtype == mx.float32 and (b is None or b.dtype == mx.float32)
+    if backend is None:
+        backend = backend_for("linear")
+        if backend == "cpu" and not all_f32:
+            backend = "ref"  # the cpu kernel is float32-only; other dtypes keep mlx's semantics
+        if backend == "ref" and _cpu.load() is None and mx.default_device() == mx.cpu:
+            _warn_fallback_once()
+    if backend == "ref":
+        return ref.linear(x, w, b)
+    if backend == "cpu":
+        if not all_f32:
+            dtypes = ", ".join(f"{n}={a.dtype}" for n, a in (("x", x), ("w", w), ("b", b)) if a is not None)
+            raise ValueError(f"linear: the cpu backend takes float32 only, got {dtypes}")
+        ext = _cpu.load()
+        if ext is None:
+            raise RuntimeError(f"linear: backend 'cpu' {available_backends()['cpu']}")
+        N, K = w.shape
+        lead = x.shape[:-1]
+        M = math.prod(lead)
+        y = ext.linear(x.reshape(M, K), w, b)  # (M, N)
+        return y.reshape(*lead, N)  # (..., N)
+    if backend in _BACKENDS:
+        raise RuntimeError(f"linear: backend {backend!r} {available_backends()[backend]}")
+    raise ValueError(f"linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None")

@@ -1,0 +1,31 @@
+// bindings.cpp — the nanobind module kernels.cpu._ext.
+//
+// Rules it keeps:
+//  * Built with NB_DOMAIN mlx so mlx.core.array crosses the boundary as the same Python type;
+//    this only works with the nanobind version mlx itself was built with (3.1.0 for mlx 0.32).
+//  * Validation errors are std::invalid_argument, which nanobind raises as ValueError.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "linear.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_ext, m) {
+  m.doc() = "Tiny LLM Playground CPU kernels (mlx extension, custom Primitives).";
+
+  m.def(
+      "linear",
+      [](const mlx::core::array& x, const mlx::core::array& w,
+         const std::optional<mlx::core::array>& b) { return tiny_llm::linear(x, w, b); },
+      "x"_a, "w"_a, "b"_a = nb::none(),
+      "y = x @ w.T (+ b). x: (M, K) float32, w: (N, K) float32, b: (N,) float32 or None -> (M, N).\n"
+      "Runs on the cpu stream; lazy like any mlx op.");
+  m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
+  m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
+  m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");
+  m.def("num_threads", &tiny_llm::num_threads, "Threads in the pool (hardware or TINY_LLM_THREADS).");
+}
