@@ -1,0 +1,53 @@
+"""`python -m app [--host H] [--port P] [--model NAME|FOLDER] [--backend NAME]`: serve the playground.
+
+Loads the model first (so a missing or broken model fails here, with a message, not in the page), then
+serves the page. Binds 127.0.0.1 unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from engine.loader.manifest import default_model
+
+    p = argparse.ArgumentParser(prog="python -m app", description="Tiny LLM Playground: a browser UI.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default %(default)s)")
+    p.add_argument("--model", default=default_model(), help="manifest name or model folder (%(default)s)")
+    p.add_argument("--backend", default=None, help="kernel backend: ref, cpu, metal, cuda (default: fastest)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from app.main import build_app, launch
+    from engine import Engine
+
+    t0 = time.perf_counter()
+    print(f"loading model {args.model} …", flush=True)
+    engine = Engine(args.model, backend=args.backend)
+    try:
+        engine.wait_ready()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"model ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    demo = build_app(engine)
+    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
+    print(f"Tiny LLM Playground: http://{host}:{args.port}  (Ctrl+C to stop)", flush=True)
+    try:
+        launch(demo, host=args.host, port=args.port, quiet=True)
+    finally:
+        engine.shutdown(timeout=2.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per playground tab; each has `build(engine)` that creates its components, then wires them."""

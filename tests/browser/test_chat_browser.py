@@ -1,0 +1,215 @@
+"""The Chat tab in a real browser: `python -m app` with the real model, driven by Debian chromium.
+
+Checks that a reply streams (the assistant's text changes several times before the stats line appears),
+that bad input gives a readable notice and no traceback, that the page fetches nothing from outside the
+server (it must work offline), and saves the screenshot used in the docs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = ROOT / "assets" / "screenshots" / "chat.png"
+SERVER_START_TIMEOUT_S = 240  # fetching/converting on first use plus loading takes a while
+REPLY_TIMEOUT_S = 120
+
+LAST_BOT = "() => { const m = document.querySelectorAll('#chat-box [data-testid=\"bot\"]');"
+LAST_BOT += " return m.length ? m[m.length - 1].innerText : null; }"
+STATS = "() => { const s = document.querySelector('#chat-stats .chat-stats-line');"
+STATS += " return s ? s.innerText : null; }"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The playground serving the real model on a free port; killed (with its children) at teardown."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run browser tests")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("app") / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--port", str(port), "--model", "qwen2.5-coder-0.5b"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown reaches every child
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the app exited with code {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the app did not serve {url} in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on the app; records every request that leaves the server (there must be none)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+    pg = context.new_page()
+    origin = server.rstrip("/")
+    pg.outside_requests = []
+    pg.on(
+        "request",
+        lambda r: None if r.url.startswith((origin, "data:", "blob:")) else pg.outside_requests.append(r.url),
+    )
+    pg.goto(server)
+    pg.wait_for_selector("#chat-input textarea", timeout=30_000)
+    yield pg
+    context.close()
+
+
+def _set_number(pg, label: str, value: str) -> None:
+    box = pg.get_by_label(label, exact=True)
+    box.fill(value)
+    box.press("Tab")
+
+
+def _set_slider(pg, label: str, value: str) -> None:
+    """Type into the number box beside a slider (Gradio labels it "number input for <label>")."""
+    box = pg.locator(f'input[aria-label="number input for {label}"]')
+    box.fill(value)
+    box.press("Tab")
+
+
+def test_chat_streams_reply_and_shows_stats(page):
+    _set_number(page, "Seed (−1 = random)", "0")
+    _set_slider(page, "Max tokens", "64")
+    page.fill("#chat-input textarea", "Write a Python function that reverses a string.")
+    page.click("#chat-send")
+
+    seen: list[str] = []  # every distinct assistant text observed before the stats line appeared
+    stats = None
+    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        stats = page.evaluate(STATS)
+        if stats:
+            break
+        text = page.evaluate(LAST_BOT)
+        if text and text.strip() and (not seen or text != seen[-1]):
+            seen.append(text)
+        time.sleep(0.05)
+    assert stats, f"no stats line within {REPLY_TIMEOUT_S} s; last text seen: {seen[-1:]!r}"
+    assert len(seen) >= 3, f"the reply did not stream (distinct texts seen while generating: {seen!r})"
+    assert len(seen) - 1 >= 2, f"the text changed fewer than twice before the stats line: {seen!r}"
+    assert len(seen[-1]) > len(seen[0]), "the streamed text did not grow"
+    final = page.evaluate(LAST_BOT)
+    assert final and len(final) >= len(seen[-1]) - 5  # the finished reply is at least what was streamed
+
+    for part in ("prompt", "prefill", "tok/s", "decode", "finish:"):
+        assert part in stats, stats
+    assert page.input_value("#chat-input textarea") == "", "the message box is cleared after sending"
+    assert "Traceback" not in page.content()
+    assert page.outside_requests == [], f"the page fetched from outside the server: {page.outside_requests}"
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT))
+
+
+def test_empty_message_shows_notice_not_traceback(page):
+    page.fill("#chat-input textarea", "   ")
+    page.click("#chat-send")
+    notice = page.locator("#chat-stats .chat-error")
+    notice.wait_for(timeout=15_000)
+    assert "empty" in notice.inner_text()
+    toast = page.get_by_text("The message is empty", exact=False).first
+    toast.wait_for(timeout=5_000)
+    assert page.evaluate(LAST_BOT) is None, "nothing was sent to the model"
+    assert "Traceback" not in page.content()
+
+
+def test_invalid_seed_shows_notice_and_engine_keeps_serving(page):
+    _set_slider(page, "Max tokens", "8")
+    _set_number(page, "Seed (−1 = random)", "-5")
+    page.fill("#chat-input textarea", "Say hi.")
+    page.click("#chat-send")
+    notice = page.locator("#chat-stats .chat-error")
+    notice.wait_for(timeout=15_000)
+    assert "seed" in notice.inner_text()
+    assert "Traceback" not in page.content()
+    assert page.input_value("#chat-input textarea") == "Say hi.", "a refused message stays in the box"
+
+    _set_number(page, "Seed (−1 = random)", "1")
+    page.click("#chat-send")
+    stats = page.locator("#chat-stats .chat-stats-line")
+    stats.wait_for(timeout=REPLY_TIMEOUT_S * 1000)
+    assert page.evaluate(LAST_BOT)
+    new_tokens = int(stats.inner_text().split(" new tok")[0].split()[-1])
+    assert 1 <= new_tokens <= 8, f"max new tokens (8) was not applied: {stats.inner_text()}"
+
+
+def test_stop_cancels_reply(page):
+    _set_slider(page, "Max tokens", "400")
+    page.fill("#chat-input textarea", "Write a long story about a robot learning to code.")
+    page.click("#chat-send")
+    page.wait_for_function(
+        "() => { const m = document.querySelectorAll('#chat-box [data-testid=\"bot\"]');"
+        " return m.length && m[m.length - 1].innerText.length > 20; }",
+        timeout=REPLY_TIMEOUT_S * 1000,
+    )
+    page.click("#chat-stop")
+    stats = page.locator("#chat-stats .chat-stats-line")
+    stats.wait_for(timeout=15_000)
+    assert "cancelled" in stats.inner_text()
