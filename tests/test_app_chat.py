@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ from app.main import build_app  # noqa: E402
 from app.tabs.chat import build_messages, format_stats, make_params, message_text  # noqa: E402
 from engine import EngineBusyError, FinishEvent, PromptError, SamplingParams, TokenEvent  # noqa: E402
 from engine.runtime import ErrorEvent  # noqa: E402
+from tests.utils import run_coroutine  # noqa: E402
 
 # ----- a scripted engine -----
 
@@ -162,7 +162,7 @@ def test_every_event_has_an_api_name_and_the_header_names_the_model():
 
 def test_reply_streams_token_by_token_and_ends_with_stats():
     engine = ScriptedEngine()
-    out = asyncio.run(_collect(engine, "Say hello", history=[{"role": "user", "content": "x"}]))
+    out = run_coroutine(_collect(engine, "Say hello", history=[{"role": "user", "content": "x"}]))
     replies = [item[1][-1]["content"] for item in out]
     assert replies[:4] == ["", "Hel", "Hello", "Hello!"]  # one update per token, after the placeholder
     msg_box, history, stats = out[-1]
@@ -188,7 +188,7 @@ def test_reply_streams_token_by_token_and_ends_with_stats():
 def test_bad_input_gives_one_readable_error_and_keeps_the_message(text, overrides, submit_error, needle):
     engine = ScriptedEngine(submit_error=submit_error)
     with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
-        out = asyncio.run(_collect(engine, text, **overrides))
+        out = run_coroutine(_collect(engine, text, **overrides))
     assert len(out) == 1
     msg_box, history, note = out[0]
     assert not isinstance(msg_box, str)  # gr.update(): the typed message stays in the box
@@ -199,7 +199,7 @@ def test_bad_input_gives_one_readable_error_and_keeps_the_message(text, override
 
 def test_engine_error_event_is_shown_and_partial_reply_kept():
     engine = ScriptedEngine(pieces=["par", "tial"], error="generation failed: boom")
-    out = asyncio.run(_collect(engine, "go"))
+    out = run_coroutine(_collect(engine, "go"))
     _, history, note = out[-1]
     assert history[-1]["content"] == "partial"
     assert "generation failed: boom" in note
@@ -215,7 +215,7 @@ def test_closing_the_stream_early_cancels_the_handle():
         await gen.__anext__()  # the placeholder: the request is in flight
         await gen.aclose()
 
-    asyncio.run(run())
+    run_coroutine(run())
     assert engine.handles[0].cancelled
 
 
@@ -233,6 +233,6 @@ def test_stop_cancels_the_sessions_reply_and_reports_cancelled():
                 await stop(request)
         return out
 
-    out = asyncio.run(run())
+    out = run_coroutine(run())
     assert engine.handles[0].cancelled
     assert "finish: cancelled" in out[-1][2]

@@ -114,13 +114,14 @@ def test_cli_logits_puts_paris_on_top(tmp_path, real_model_dir):
     assert "' Paris'" in r.stdout.split("top:")[1].split(",")[0]
 
 
-def test_cli_generate_json(real_model_dir):
+def test_cli_generate_json(real_lm):
     r = cli("generate", "--prompt", "def add(a, b):", "--max-tokens", "8", "--temperature", "0", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("text", "token_ids", "prompt_tokens", "prefill_tps", "decode_tps"):
         assert key in out
-    assert out["prompt_tokens"] == 5 and 1 <= len(out["token_ids"]) <= 8
+    assert out["prompt_tokens"] == len(real_lm.tokenizer.encode("def add(a, b):"))
+    assert 1 <= len(out["token_ids"]) <= 8 and out["generated_tokens"] == len(out["token_ids"])
     assert out["prefill_tps"] > 0
 
 

@@ -153,3 +153,25 @@ def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) ->
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def run_coroutine(coro):
+    """asyncio.run in a fresh thread: works even when this thread already runs an event loop (the
+    session-scoped Playwright sync API keeps one running in the main thread during browser tests)."""
+    import asyncio
+    import threading
+
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
