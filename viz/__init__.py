@@ -1,0 +1,5 @@
+"""viz: pure functions that turn the engine's frozen observability records into Plotly figures or HTML.
+
+Rules: no engine calls, no Gradio, no global state — data in, figure out — so every picture is unit-testable
+(the figure holds the values it was given). The playground's tabs (app/tabs/) call these.
+"""
