@@ -9,12 +9,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silence the "PyTorch
 
 from engine.generate import FinishEvent, PromptError, TokenEvent, generate
 from engine.loader import load_model
+from engine.config import EngineConfig
 from engine.runtime import Engine, EngineBusyError, ErrorEvent, RequestHandle
 from engine.sampling import SamplingParams
 
 __all__ = [
     "Engine",
     "EngineBusyError",
+    "EngineConfig",
     "ErrorEvent",
     "FinishEvent",
     "PromptError",

@@ -5,6 +5,8 @@ Which feature needs which method:
 - `update_and_fetch`, `offset`: every generation with a cache (week 1).
 - `rewind(n)`: speculative decoding drops rejected draft tokens (week 3); callers check `can_rewind`.
 - `release()`: paged caches give their blocks back to the pool (week 3); dense caches free their buffers.
+- `attention_mask(L)`: caches whose rows hold different lengths (`BatchKVCache`, continuous batching)
+  tell attention which keys each row may see; plain caches keep the causal default.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ class KVCache:
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append keys/values (B, H_kv, L, D); return all cached (B, H_kv, offset, D)."""
         raise NotImplementedError
+
+    def attention_mask(self, L: int) -> mx.array | str | None:
+        """The mask for the L queries just stored: causal over the cache, None for one query."""
+        return "causal" if L > 1 else None
 
     @property
     def can_rewind(self) -> bool:
@@ -81,6 +87,49 @@ class DenseKVCache(KVCache):
     @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+class BatchKVCache(KVCache):
+    """One layer's view over B per-sequence caches of different lengths, for one batched forward.
+
+    `offset` is per row (B,), so RoPE rotates each row at its own position. `update_and_fetch` stores each
+    row in its own cache and returns the rows right-padded with zeros to the longest, (B, H_kv, S, D);
+    `attention_mask` then hides the padding (and the future, for L > 1) row by row.
+    """
+
+    def __init__(self, rows: list[KVCache]) -> None:
+        self.rows = rows
+        self._offsets = [c.offset for c in rows]
+        self._mask: mx.array | None = None
+
+    @property
+    def offset(self) -> mx.array:  # (B,) positions of each row's first new token
+        return mx.array(self._offsets)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        B, _, L, _ = keys.shape
+        fetched = [c.update_and_fetch(keys[b : b + 1], values[b : b + 1]) for b, c in enumerate(self.rows)]
+        lengths = [k.shape[2] for k, _ in fetched]
+        S = max(lengths)
+
+        def pad(a: mx.array) -> mx.array:
+            n = S - a.shape[2]
+            return a if n == 0 else mx.pad(a, [(0, 0), (0, 0), (0, n), (0, 0)])
+
+        k = mx.concatenate([pad(k) for k, _ in fetched], axis=0)  # (B, H_kv, S, D)
+        v = mx.concatenate([pad(v) for _, v in fetched], axis=0)
+        # Row b's query i sits at position lengths[b] - L + i and sees keys 0..that position.
+        q_pos = mx.array(lengths)[:, None] - L + mx.arange(L)[None, :]  # (B, L)
+        self._mask = (mx.arange(S)[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, L, S)
+        self._offsets = lengths
+        return k, v
+
+    def attention_mask(self, L: int) -> mx.array | None:
+        return self._mask
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.rows)
 
 
 def make_cache(num_layers: int) -> list[KVCache]:

@@ -44,6 +44,8 @@ class FinishEvent:
     prompt_tokens: int
     prefill_s: float
     decode_s: float
+    queue_s: float = 0.0  # submitted -> admitted to a batch slot (the Engine; 0 for generate())
+    ttft_s: float = 0.0  # submitted -> first token (the Engine; 0 for generate())
 
     @property
     def prefill_tps(self) -> float:

@@ -2,8 +2,17 @@
 
 MLX streams are per thread, so the model is loaded and run on the engine thread only. Any thread may call
 `submit()`, which validates and tokenizes the request (raising ValueError subclasses for bad input), then
-queues it; the returned handle yields frozen events. Week 1 serves requests one at a time in arrival
-order; continuous batching (week 2) replaces `_serve_one` with a scheduler step, keeping this surface.
+puts it in an inbox; the returned handle yields frozen events (TokenEvent..., then one FinishEvent or
+ErrorEvent). The engine thread moves the inbox into the `EngineCore` and calls `step()` while there is
+work: continuous batching, so requests join and leave the batch at every step.
+
+Rules it keeps:
+- At most `max_waiting` requests wait for a slot; one more raises EngineBusyError at once.
+- `handle.cancel()`, closing the handle's iterator early, or dropping the handle frees the request's
+  slot and cache at the next step.
+- A failure of one request ends it with an ErrorEvent; a failure of a whole step ends the requests in
+  flight the same way; either way the engine keeps serving.
+- `snapshot()` is cheap: the engine thread publishes a frozen picture after every step.
 """
 
 from __future__ import annotations
@@ -13,84 +22,106 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engine.generate import FinishEvent, TokenEvent, check_prompt, generate
+from engine.config import EngineConfig
+from engine.core import EngineCore, RequestState, StepEvent
+from engine.generate import FinishEvent, TokenEvent, check_prompt
 from engine.sampling import SamplingParams
+from engine.sequence import ErrorEvent, Sequence
 
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
+Event = TokenEvent | FinishEvent | ErrorEvent
 
 
 class EngineBusyError(RuntimeError):
     """The waiting queue is full; try again shortly."""
 
 
-@dataclass(frozen=True)
-class ErrorEvent:
-    """The request failed inside the engine; the engine itself keeps serving."""
-
-    message: str
-
-
-Event = TokenEvent | FinishEvent | ErrorEvent
-_DONE = object()
-
-
 class RequestHandle:
-    """Stream of one request's events. Iterate it; `cancel()` stops generation within one token."""
+    """Stream of one request's events. Iterate it; `cancel()` (or abandoning it) stops generation."""
 
-    def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams) -> None:
+    def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams, wake) -> None:
         self.id = rid
         self.prompt_ids = prompt_ids
         self.params = params
         self.submitted_at = time.perf_counter()
         self._events: queue.Queue = queue.Queue()
         self._cancelled = threading.Event()
+        self._wake = wake
+        self._done = False
+        # The engine holds the queue and the flag, never the handle: dropping the handle cancels.
+        weakref.finalize(self, _cancel, self._cancelled, wake)
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        _cancel(self._cancelled, self._wake)
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
     def __iter__(self) -> Iterator[Event]:
-        while True:
-            ev = self._events.get()
-            if ev is _DONE:
-                return
-            yield ev
+        try:
+            while not self._done:
+                ev = self._events.get()
+                self._done = isinstance(ev, FinishEvent | ErrorEvent)
+                yield ev
+        finally:
+            if not self._done:  # the consumer stopped reading: nobody wants the rest
+                self.cancel()
 
-    def _put(self, ev: object) -> None:
-        self._events.put(ev)
+
+def _cancel(flag: threading.Event, wake) -> None:
+    flag.set()
+    wake()
 
 
 @dataclass(frozen=True)
 class EngineSnapshot:
     model: str
     ready: bool
-    running: int | None  # id of the request being generated
-    waiting: tuple[int, ...]
-    served: int
+    running: tuple[int, ...]  # ids holding a slot, admission order
+    waiting: tuple[int, ...]  # ids waiting for a slot, arrival order
+    served: int  # requests finished (any reason)
+    free_slots: int
+    total_slots: int
+    free_cache_tokens: int
+    requests: tuple[RequestState, ...]
+    steps: tuple[StepEvent, ...]  # recent steps, oldest first
+    tokens_per_s: float  # sampled tokens per second of step time over the recent steps
+    config: EngineConfig
 
 
 class Engine:
-    def __init__(self, model: str, *, backend: str | None = None, max_waiting: int = 64) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        backend: str | None = None,
+        config: EngineConfig | None = None,
+        max_waiting: int | None = None,
+    ) -> None:
         """Start the engine thread and load `model` (a manifest name or a folder) on it."""
+        config = config or EngineConfig()
+        if max_waiting is not None:
+            config = EngineConfig(**{**config.__dict__, "max_waiting": max_waiting})
+        self.config = config
         self.model_name = model
         self.backend = backend
-        self.max_waiting = max_waiting
-        self._queue: queue.Queue = queue.Queue(maxsize=max_waiting)
+        self.max_waiting = config.max_waiting
         self._ids = itertools.count(1)
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
-        self._running: int | None = None
-        self._waiting: list[int] = []
+        self._cv = threading.Condition()
+        self._inbox: list[Sequence] = []
+        self._core_waiting: tuple[int, ...] = ()  # published by the engine thread under _cv
         self._served = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = False
+        self._snap: EngineSnapshot | None = None
+        self._core: EngineCore | None = None
         self.loaded = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -132,38 +163,56 @@ class Engine:
     def submit(
         self, prompt: str | Messages | list[int], params: SamplingParams | None = None, *, chat: bool = False
     ) -> RequestHandle:
-        """Validate, tokenize and queue a request. Raises ValueError for bad input, EngineBusyError
+        """Validate, tokenize and queue a request. Raises ValueError for bad input (prompt, or a request
+        larger than the whole cache), TypeError for params that are not SamplingParams, EngineBusyError
         when the waiting queue is full."""
-        params = params or SamplingParams()
+        params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
-            raise TypeError("params must be a SamplingParams")
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         ids = self.encode_prompt(prompt, chat=chat)
-        check_prompt(ids, self.loaded.model.args.max_position_embeddings)
-        handle = RequestHandle(next(self._ids), ids, params)
-        with self._lock:
-            try:
-                self._queue.put_nowait(handle)
-            except queue.Full:
+        context = self.loaded.model.args.max_position_embeddings
+        check_prompt(ids, context)
+        max_new = min(params.max_tokens, context - len(ids))
+        if len(ids) + max_new > self.config.cache_tokens:
+            raise ValueError(
+                f"the request needs {len(ids) + max_new} cache tokens (prompt + max_tokens) but the engine"
+                f" holds {self.config.cache_tokens}; shorten the prompt or lower max_tokens"
+            )
+        handle = RequestHandle(next(self._ids), ids, params, self._wake)
+        seq = Sequence(
+            handle.id, ids, params, max_new, tokenizer=self.loaded.tokenizer, emit=handle._events.put,
+            cancel_flag=handle._cancelled,
+        )  # fmt: skip
+        with self._cv:
+            if len(self._inbox) + len(self._core_waiting) >= self.max_waiting:
                 raise EngineBusyError(
                     f"the engine is busy: {self.max_waiting} requests are already waiting; try again shortly"
-                ) from None
-            self._waiting.append(handle.id)
+                )
+            self._inbox.append(seq)
+            self._cv.notify()
         return handle
 
     def snapshot(self) -> EngineSnapshot:
-        with self._lock:
+        """The state after the latest step, with requests submitted since then added to `waiting`."""
+        with self._cv:
+            snap, inbox = self._snap, tuple(s.id for s in self._inbox)
+        ready = self._ready.is_set() and self._load_error is None
+        if snap is None:
+            c = self.config
             return EngineSnapshot(
-                model=self.model_name,
-                ready=self._ready.is_set() and self._load_error is None,
-                running=self._running,
-                waiting=tuple(self._waiting),
-                served=self._served,
+                self.model_name, ready, (), inbox, 0, c.max_batch, c.max_batch, c.cache_tokens, (), (), 0.0, c
             )
+        return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": snap.waiting + inbox})
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._queue.put(None)  # wake the loop
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
         self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
 
     # ----- engine thread -----
     def _run(self) -> None:
@@ -171,45 +220,47 @@ class Engine:
 
         try:
             self.loaded = load_model(self.model_name, backend=self.backend, quiet=True)
+            self._core = EngineCore(self.loaded.model, self.config)
         except BaseException as e:  # reported to callers by wait_ready()
             log.exception("model load failed")
             self._load_error = e
             self._ready.set()
             return
+        self._publish()
         self._ready.set()
-        while not self._stop.is_set():
-            handle = self._queue.get()
-            if handle is None:
-                continue
-            with self._lock:
-                self._waiting.remove(handle.id)
-                self._running = handle.id
+        core = self._core
+        while True:
+            with self._cv:
+                while not (self._stop or self._inbox or core.has_work):
+                    self._cv.wait()
+                if self._stop:
+                    break
+                new, self._inbox = self._inbox, []
+                for seq in new:
+                    core.add(seq)
+                self._core_waiting = tuple(s.id for s in core.scheduler.waiting)
             try:
-                self._serve_one(handle)
-            finally:
-                with self._lock:
-                    self._running = None
-                    self._served += 1
-                handle._put(_DONE)
+                ev = core.step()
+                self._served += len(ev.finished)
+            except Exception as e:  # a bug in the step itself: end what is in flight, keep serving
+                log.exception("engine step failed")
+                n = len(core.scheduler.running) + len(core.scheduler.waiting)
+                core.fail_all(f"engine step failed: {type(e).__name__}: {e}")
+                self._served += n
+            self._publish()
+        core.fail_all("the engine shut down")
 
-    def _serve_one(self, handle: RequestHandle) -> None:
-        if handle.cancelled:
-            handle._put(_cancelled_finish(handle))
-            return
-        lm = self.loaded
-        try:
-            for ev in generate(lm.model, lm.tokenizer, handle.prompt_ids, handle.params):
-                handle._put(ev)
-                if handle.cancelled and not isinstance(ev, FinishEvent):
-                    handle._put(_cancelled_finish(handle))
-                    return
-        except Exception as e:  # one bad request must not stop the engine
-            log.exception("request %d failed", handle.id)
-            handle._put(ErrorEvent(f"generation failed: {type(e).__name__}: {e}"))
-
-
-def _cancelled_finish(handle: RequestHandle) -> FinishEvent:
-    return FinishEvent(
-        reason="cancelled", text="", tail="", token_ids=(), prompt_tokens=len(handle.prompt_ids),
-        prefill_s=0.0, decode_s=0.0,
-    )  # fmt: skip
+    def _publish(self) -> None:
+        core = self._core
+        steps = tuple(core.steps)
+        busy = sum(s.duration_s for s in steps)
+        snap = EngineSnapshot(
+            model=self.model_name, ready=True, running=tuple(s.id for s in core.scheduler.running),
+            waiting=tuple(s.id for s in core.scheduler.waiting), served=self._served,
+            free_slots=core.pool.free_slots, total_slots=core.pool.num_slots, free_cache_tokens=core.pool.free_tokens,
+            requests=core.requests(), steps=steps,
+            tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0, config=self.config,
+        )  # fmt: skip
+        with self._cv:
+            self._snap = snap
+            self._core_waiting = snap.waiting

@@ -72,9 +72,10 @@ class Attention:
         offset = 0 if cache is None else cache.offset
         q = self.rope(q, offset)
         k = self.rope(k, offset)
+        mask = "causal" if L > 1 else None
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, S, D), S = offset + L
-        mask = "causal" if L > 1 else None
+            mask = cache.attention_mask(L)  # a batch of ragged rows masks each row's padding
         out = scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)  # (B, H, L, D)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, self.n_heads * self.head_dim)
         return linear(out, w["o_proj.weight"], None, be)

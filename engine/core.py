@@ -1,0 +1,160 @@
+"""The engine's synchronous core: `add()` sequences, call `step()` until `has_work` is False.
+
+No threads here: the runtime's engine thread (or a test, or a benchmark) drives it. One step =
+reap cancelled sequences -> schedule (pure policy) -> run the batched decode forward and the prefill
+chunks -> sample each row with its own sampler -> free the slots of whatever finished. A failure while
+running or sampling one request finishes that request with an ErrorEvent and frees its slot; the other
+requests keep going. `step()` returns a frozen StepEvent saying what ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import EngineConfig
+from engine.models.qwen2 import Qwen2Model
+from engine.runner import ModelRunner
+from engine.scheduler import Phase, Scheduler
+from engine.sequence import Sequence, Status
+from engine.slots import SlotPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    index: int
+    phase: Phase
+    decode_ids: tuple[int, ...]  # rows of the batched decode forward
+    prefill: tuple[tuple[int, int], ...]  # (request id, chunk tokens)
+    admitted: tuple[int, ...]
+    finished: tuple[int, ...]
+    new_tokens: int  # tokens sampled this step
+    duration_s: float
+
+    @property
+    def batch(self) -> tuple[int, ...]:
+        return self.decode_ids + tuple(rid for rid, _ in self.prefill)
+
+    @property
+    def decode_rows(self) -> int:
+        return len(self.decode_ids)
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """One request as the snapshot shows it."""
+
+    id: int
+    status: str
+    slot: int | None
+    prompt_tokens: int
+    generated: int
+    cache_tokens: int
+    cache_bytes: int
+
+
+class EngineCore:
+    def __init__(self, model: Qwen2Model, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.pool = SlotPool(self.config.max_batch, self.config.cache_tokens)
+        self.scheduler = Scheduler(self.config, self.pool)
+        self.runner = ModelRunner(model)
+        self.steps: deque[StepEvent] = deque(maxlen=self.config.recent_steps)
+        self._index = 0
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence; ValueError if it could never fit in the cache."""
+        self.scheduler.add(seq)
+
+    def step(self) -> StepEvent:
+        t0 = time.perf_counter()
+        finished = [s for s in self._all() if s.cancel_flag.is_set()]
+        for s in finished:
+            s.finish("cancelled")
+            self._free(s)
+        plan = self.scheduler.schedule()
+        for s in plan.admitted:
+            s.admitted_at = t0
+        new_tokens = 0
+        if plan.decode:
+            try:
+                logits = self.runner.decode(list(plan.decode))  # (B, V)
+            except Exception as e:
+                for s in plan.decode:
+                    self._fail(s, e)
+            else:
+                new_tokens += sum(self._sample(s, row) for s, row in zip(plan.decode, logits, strict=True))
+        for s, n in plan.prefill:
+            try:
+                row = self.runner.prefill(s, n)
+            except Exception as e:
+                self._fail(s, e)
+                continue
+            if row is not None:
+                s.status = Status.DECODING
+                new_tokens += self._sample(s, row)
+        finished += [s for s in (*plan.decode, *(s for s, _ in plan.prefill)) if s.finished]
+        ev = StepEvent(
+            index=self._index, phase=plan.phase, decode_ids=tuple(s.id for s in plan.decode),
+            prefill=tuple((s.id, n) for s, n in plan.prefill), admitted=tuple(s.id for s in plan.admitted),
+            finished=tuple(s.id for s in finished), new_tokens=new_tokens, duration_s=time.perf_counter() - t0,
+        )  # fmt: skip
+        self._index += 1
+        self.steps.append(ev)
+        return ev
+
+    def run(self, max_steps: int | None = None) -> list[StepEvent]:
+        """Step until nothing is left (offline batch generation)."""
+        out: list[StepEvent] = []
+        while self.has_work and (max_steps is None or len(out) < max_steps):
+            out.append(self.step())
+        return out
+
+    def fail_all(self, message: str) -> None:
+        """Finish every request with an ErrorEvent (the step itself broke) and free every slot."""
+        for s in self._all():
+            s.fail(message)
+            self._free(s)
+
+    def requests(self) -> tuple[RequestState, ...]:
+        return tuple(
+            RequestState(
+                id=s.id, status=s.status.value, slot=s.slot, prompt_tokens=len(s.prompt_ids),
+                generated=len(s.output_ids), cache_tokens=s.num_cached, cache_bytes=self.runner.cache_bytes(s.slot),
+            )  # fmt: skip
+            for s in self._all()
+        )
+
+    def _all(self) -> list[Sequence]:
+        return [*self.scheduler.running, *self.scheduler.waiting]
+
+    def _sample(self, s: Sequence, logits: np.ndarray) -> int:
+        try:
+            s.accept(s.sampler(logits, s.history))
+        except Exception as e:
+            self._fail(s, e)
+            return 0
+        if s.finished:
+            self._free(s)
+        return 1
+
+    def _fail(self, s: Sequence, e: Exception) -> None:
+        log.error("request %d failed: %s: %s", s.id, type(e).__name__, e, exc_info=e)
+        s.fail(f"generation failed: {type(e).__name__}: {e}")
+        self._free(s)
+
+    def _free(self, s: Sequence) -> None:
+        slot = s.slot
+        self.scheduler.remove(s)
+        if slot is not None:
+            self.runner.release(slot)

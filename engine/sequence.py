@@ -1,0 +1,129 @@
+"""One request inside the engine: its tokens, sampler, text state, cache slot, status and timings.
+
+A sequence moves WAITING -> PREFILLING -> DECODING -> FINISHED (or to FINISHED from any state when it is
+cancelled or fails). The scheduler reads only integers from it (`prefill_left`, `cache_need`, status);
+the runner feeds `next_input` to the model; `accept()` turns each sampled token into events with the
+same stop/EOS/length rules as `generate()`, so batched and single-stream output agree.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.generate import FinishEvent, FinishReason, TokenEvent
+from engine.sampling import Sampler, SampleRecord, SamplingParams
+from engine.tokenizer import StopStringMatcher, StreamingDetokenizer
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The request failed inside the engine; the engine itself keeps serving."""
+
+    message: str
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    PREFILLING = "prefilling"
+    DECODING = "decoding"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(
+        self,
+        rid: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_new: int,
+        *,
+        tokenizer=None,
+        emit: Callable[[object], None] = lambda ev: None,
+        cancel_flag: threading.Event | None = None,
+    ) -> None:
+        self.id = rid
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.max_new = max_new
+        self.emit = emit  # receives TokenEvent / FinishEvent / ErrorEvent (the handle's queue)
+        self.cancel_flag = cancel_flag or threading.Event()
+        self.status = Status.WAITING
+        self.slot: int | None = None
+        self.num_cached = 0  # tokens whose K/V are in the cache
+        self.output_ids: list[int] = []
+        self.sampler = Sampler(params)
+        self.eos_ids = frozenset(tokenizer.eos_token_ids) if tokenizer is not None else frozenset()
+        self._detok = StreamingDetokenizer(tokenizer) if tokenizer is not None else None
+        self._stops = StopStringMatcher(list(params.stop))
+        self._text: list[str] = []
+        self.finish_reason: str | None = None
+        self.submitted_at = time.perf_counter()
+        self.admitted_at = self.first_token_at = self.finished_at = None
+
+    @property
+    def cache_need(self) -> int:
+        """Tokens this sequence may ever hold in the cache (reserved at admission)."""
+        return len(self.prompt_ids) + self.max_new
+
+    @property
+    def prefill_left(self) -> int:
+        return max(0, len(self.prompt_ids) - self.num_cached)
+
+    @property
+    def next_input(self) -> int:
+        """The token a decode step feeds: the last one sampled."""
+        return self.output_ids[-1]
+
+    @property
+    def history(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def accept(self, rec: SampleRecord) -> None:
+        """Take one sampled token: stream it, and finish on EOS, a stop string or the length limit."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if rec.token in self.eos_ids:
+            return self.finish("eos")
+        self.output_ids.append(rec.token)
+        delta, stopped = self._stops.push(self._detok.add(rec.token) if self._detok else "")
+        self._text.append(delta)
+        self.emit(TokenEvent(index=len(self.output_ids) - 1, token=rec.token, text=delta, sample=rec))
+        if stopped:
+            self.finish("stop")
+        elif len(self.output_ids) >= self.max_new:
+            self.finish("length")
+
+    def finish(self, reason: FinishReason) -> None:
+        """Emit the FinishEvent (with the held-back tail) and mark the sequence finished."""
+        tail = ""
+        if reason in ("eos", "length") and self._detok is not None:
+            tail, stopped = self._stops.push(self._detok.finalize())
+            reason = "stop" if stopped else reason
+            tail += "" if stopped else self._stops.flush()
+        self._text.append(tail)
+        self._close(reason)
+        t = self.submitted_at
+        first = self.first_token_at or self.finished_at
+        admitted = self.admitted_at or self.finished_at
+        self.emit(FinishEvent(
+            reason=reason, text="".join(self._text), tail=tail, token_ids=tuple(self.output_ids),
+            prompt_tokens=len(self.prompt_ids), prefill_s=first - admitted, decode_s=self.finished_at - first,
+            queue_s=admitted - t, ttft_s=first - t,
+        ))  # fmt: skip
+
+    def fail(self, message: str) -> None:
+        self._close("error")
+        self.emit(ErrorEvent(message))
+
+    def _close(self, reason: str) -> None:
+        self.status = Status.FINISHED
+        self.finish_reason = reason
+        self.finished_at = time.perf_counter()
