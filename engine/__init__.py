@@ -7,9 +7,9 @@ import os
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # silence the "PyTorch was not found" banner
 
+from engine.config import EngineConfig
 from engine.generate import FinishEvent, PromptError, TokenEvent, generate
 from engine.loader import load_model
-from engine.config import EngineConfig
 from engine.runtime import Engine, EngineBusyError, ErrorEvent, RequestHandle
 from engine.sampling import SamplingParams
 

@@ -105,10 +105,15 @@ class EngineCore:
                 new_tokens += self._sample(s, row)
         finished += [s for s in (*plan.decode, *(s for s, _ in plan.prefill)) if s.finished]
         ev = StepEvent(
-            index=self._index, phase=plan.phase, decode_ids=tuple(s.id for s in plan.decode),
-            prefill=tuple((s.id, n) for s, n in plan.prefill), admitted=tuple(s.id for s in plan.admitted),
-            finished=tuple(s.id for s in finished), new_tokens=new_tokens, duration_s=time.perf_counter() - t0,
-        )  # fmt: skip
+            index=self._index,
+            phase=plan.phase,
+            decode_ids=tuple(s.id for s in plan.decode),
+            prefill=tuple((s.id, n) for s, n in plan.prefill),
+            admitted=tuple(s.id for s in plan.admitted),
+            finished=tuple(s.id for s in finished),
+            new_tokens=new_tokens,
+            duration_s=time.perf_counter() - t0,
+        )
         self._index += 1
         self.steps.append(ev)
         return ev
@@ -129,9 +134,14 @@ class EngineCore:
     def requests(self) -> tuple[RequestState, ...]:
         return tuple(
             RequestState(
-                id=s.id, status=s.status.value, slot=s.slot, prompt_tokens=len(s.prompt_ids),
-                generated=len(s.output_ids), cache_tokens=s.num_cached, cache_bytes=self.runner.cache_bytes(s.slot),
-            )  # fmt: skip
+                id=s.id,
+                status=s.status.value,
+                slot=s.slot,
+                prompt_tokens=len(s.prompt_ids),
+                generated=len(s.output_ids),
+                cache_tokens=s.num_cached,
+                cache_bytes=self.runner.cache_bytes(s.slot),
+            )
             for s in self._all()
         )
 

@@ -23,8 +23,8 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 
 from engine.config import EngineConfig
 from engine.core import EngineCore, RequestState, StepEvent
@@ -161,14 +161,24 @@ class Engine:
         return ids
 
     def submit(
-        self, prompt: str | Messages | list[int], params: SamplingParams | None = None, *, chat: bool = False
+        self,
+        prompt: str | Messages | list[int],
+        params: SamplingParams | Mapping | None = None,
+        *,
+        chat: bool = False,
     ) -> RequestHandle:
-        """Validate, tokenize and queue a request. Raises ValueError for bad input (prompt, or a request
-        larger than the whole cache), TypeError for params that are not SamplingParams, EngineBusyError
-        when the waiting queue is full."""
-        params = SamplingParams() if params is None else params
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        """Validate, tokenize and queue a request. Raises ValueError for bad input (prompt, bad sampling
+        values, a request larger than the whole cache), TypeError for params of another type, and
+        EngineBusyError when the waiting queue is full."""
+        if params is None:
+            params = SamplingParams()
+        elif isinstance(params, Mapping):  # plain values (e.g. from JSON) are validated the same way
+            unknown = set(params) - {f.name for f in fields(SamplingParams)}
+            if unknown:
+                raise ValueError(f"invalid sampling parameters: unknown {', '.join(sorted(unknown))}")
+            params = SamplingParams(**params)
+        elif not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams or a dict, got {type(params).__name__}")
         ids = self.encode_prompt(prompt, chat=chat)
         context = self.loaded.model.args.max_position_embeddings
         check_prompt(ids, context)
@@ -180,9 +190,14 @@ class Engine:
             )
         handle = RequestHandle(next(self._ids), ids, params, self._wake)
         seq = Sequence(
-            handle.id, ids, params, max_new, tokenizer=self.loaded.tokenizer, emit=handle._events.put,
+            handle.id,
+            ids,
+            params,
+            max_new,
+            tokenizer=self.loaded.tokenizer,
+            emit=handle._events.put,
             cancel_flag=handle._cancelled,
-        )  # fmt: skip
+        )
         with self._cv:
             if len(self._inbox) + len(self._core_waiting) >= self.max_waiting:
                 raise EngineBusyError(
@@ -255,12 +270,19 @@ class Engine:
         steps = tuple(core.steps)
         busy = sum(s.duration_s for s in steps)
         snap = EngineSnapshot(
-            model=self.model_name, ready=True, running=tuple(s.id for s in core.scheduler.running),
-            waiting=tuple(s.id for s in core.scheduler.waiting), served=self._served,
-            free_slots=core.pool.free_slots, total_slots=core.pool.num_slots, free_cache_tokens=core.pool.free_tokens,
-            requests=core.requests(), steps=steps,
-            tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0, config=self.config,
-        )  # fmt: skip
+            model=self.model_name,
+            ready=True,
+            running=tuple(s.id for s in core.scheduler.running),
+            waiting=tuple(s.id for s in core.scheduler.waiting),
+            served=self._served,
+            free_slots=core.pool.free_slots,
+            total_slots=core.pool.num_slots,
+            free_cache_tokens=core.pool.free_tokens,
+            requests=core.requests(),
+            steps=steps,
+            tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0,
+            config=self.config,
+        )
         with self._cv:
             self._snap = snap
             self._core_waiting = snap.waiting

@@ -52,9 +52,8 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         if seq.cache_need > self.pool.capacity_tokens:
-            raise ValueError(
-                f"the request needs {seq.cache_need} cache tokens but the engine holds {self.pool.capacity_tokens}"
-            )
+            have = self.pool.capacity_tokens
+            raise ValueError(f"the request needs {seq.cache_need} cache tokens but the engine holds {have}")
         self.waiting.append(seq)
 
     def schedule(self) -> StepPlan:

@@ -113,11 +113,19 @@ class Sequence:
         t = self.submitted_at
         first = self.first_token_at or self.finished_at
         admitted = self.admitted_at or self.finished_at
-        self.emit(FinishEvent(
-            reason=reason, text="".join(self._text), tail=tail, token_ids=tuple(self.output_ids),
-            prompt_tokens=len(self.prompt_ids), prefill_s=first - admitted, decode_s=self.finished_at - first,
-            queue_s=admitted - t, ttft_s=first - t,
-        ))  # fmt: skip
+        self.emit(
+            FinishEvent(
+                reason=reason,
+                text="".join(self._text),
+                tail=tail,
+                token_ids=tuple(self.output_ids),
+                prompt_tokens=len(self.prompt_ids),
+                prefill_s=first - admitted,
+                decode_s=self.finished_at - first,
+                queue_s=admitted - t,
+                ttft_s=first - t,
+            )
+        )
 
     def fail(self, message: str) -> None:
         self._close("error")

@@ -20,7 +20,14 @@ from engine.sampling import SamplingParams
 from engine.sequence import ErrorEvent, Sequence, Status
 from tests.utils import assert_allclose
 
-PROMPTS = [" the thin", " a", " over the lazy dog and", " th", " jumps", " hello world, this is a longer prompt"]
+PROMPTS = [
+    " the thin",
+    " a",
+    " over the lazy dog and",
+    " th",
+    " jumps",
+    " hello world, this is a longer prompt",
+]
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +118,9 @@ def test_batch_cache_decode_equals_per_row_decode(tiny_lm):
     caches = [model.make_cache() for _ in prompts]
     for ids, c in zip(prompts, caches, strict=True):
         model(mx.array([ids[:-1]]), c)
-    single = [model(mx.array([[ids[-1]]]), [*map(_copy, c)])[0, -1] for ids, c in zip(prompts, caches, strict=True)]
+    single = [
+        model(mx.array([[ids[-1]]]), [*map(_copy, c)])[0, -1] for ids, c in zip(prompts, caches, strict=True)
+    ]
     batch = [BatchKVCache([c[i] for c in caches]) for i in range(model.args.num_hidden_layers)]
     logits = model(mx.array([[ids[-1]] for ids in prompts]), batch)[:, -1]  # (B, V)
     assert_allclose(logits, mx.stack(single), 1e-5, 1e-5, "batched decode")
@@ -129,7 +138,9 @@ def _copy(c):
 def test_cancel_and_errors_free_every_slot(tiny_lm, monkeypatch):
     core = EngineCore(tiny_lm.model, EngineConfig(max_batch=3, prefill_chunk=2))
     rec = Recorder()
-    seqs = [rec.seq(tiny_lm, rid, PROMPTS[rid], SamplingParams(temperature=0, max_tokens=30)) for rid in range(6)]
+    seqs = [
+        rec.seq(tiny_lm, rid, PROMPTS[rid], SamplingParams(temperature=0, max_tokens=30)) for rid in range(6)
+    ]
     for s in seqs:
         core.add(s)
     core.step()
@@ -245,7 +256,12 @@ def test_random_arrivals_lose_and_starve_no_request(tiny_lm, ops, max_batch, chu
 
 @pytest.mark.real_model
 def test_four_concurrent_greedy_requests_match_single_stream_on_the_real_model(real_lm):
-    prompts = ["def fibonacci(n):", "# Sort a list in Python\n", "The capital of France is", "import numpy as np\n"]
+    prompts = [
+        "def fibonacci(n):",
+        "# Sort a list in Python\n",
+        "The capital of France is",
+        "import numpy as np\n",
+    ]
     params = SamplingParams(temperature=0, max_tokens=16)
     core = EngineCore(real_lm.model, EngineConfig(max_batch=4, prefill_chunk=8))
     rec = Recorder()

@@ -93,40 +93,132 @@ def test_bad_input_is_rejected_at_submit(engine, prompt, exc, match):
     assert engine.snapshot().waiting == ()
 
 
+def wait_idle(engine, timeout: float = 30.0):
+    """The snapshot once nothing is running or waiting (the engine publishes after every step)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = engine.snapshot()
+        if not snap.running and not snap.waiting:
+            return snap
+        time.sleep(0.02)
+    raise AssertionError(f"the engine did not go idle: {engine.snapshot()}")
+
+
+def assert_pool_full(engine):
+    snap = wait_idle(engine)
+    assert snap.free_slots == snap.total_slots and snap.free_cache_tokens == snap.config.cache_tokens
+    assert snap.requests == ()
+
+
 def test_failure_inside_generation_reports_an_error_event_and_engine_survives(engine, monkeypatch):
-    import engine.runtime as rt
+    runner = engine._core.runner
+    original = runner.prefill
 
-    def broken(*a, **k):
+    def broken(seq, n):
         raise RuntimeError("kernel exploded")
-        yield  # pragma: no cover
 
-    monkeypatch.setattr(rt, "generate", broken)
+    monkeypatch.setattr(runner, "prefill", broken)
     events = collect(engine.submit(" t", SamplingParams(max_tokens=2)))
     assert isinstance(events[-1], ErrorEvent) and "kernel exploded" in events[-1].message
-    monkeypatch.undo()
+    assert_pool_full(engine)
+    monkeypatch.setattr(runner, "prefill", original)
     assert isinstance(collect(engine.submit(" t", SamplingParams(max_tokens=2)))[-1], FinishEvent)
+
+
+def test_concurrent_requests_share_decode_steps_and_match_single_stream(engine, tiny_model_dir):
+    from engine.loader import load_model
+
+    lm = load_model(str(tiny_model_dir))
+    params = SamplingParams(temperature=0, max_tokens=10)
+    prompts = [" the thin", " over the", " jumps", " a b c d e"]
+    handles = [engine.submit(p, params) for p in prompts]
+    finals = [collect(h)[-1] for h in handles]
+    for p, fin in zip(prompts, finals, strict=True):
+        ref = list(generate(lm.model, lm.tokenizer, lm.tokenizer.encode(p), params))[-1]
+        assert fin.token_ids == ref.token_ids
+        assert fin.ttft_s >= fin.queue_s >= 0 and fin.decode_s >= 0
+    snap = wait_idle(engine)
+    assert {s.phase for s in snap.steps} >= {"prefill", "decode"}
+    assert max(s.decode_rows for s in snap.steps) > 1
+    assert snap.served >= 4 and snap.tokens_per_s > 0
+
+
+def test_abandoned_or_closed_handles_free_their_slots(engine):
+    import gc
+
+    params = SamplingParams(temperature=0, max_tokens=100)
+    h = engine.submit(" the", params)
+    it = iter(h)
+    next(it)  # the first token arrived: the request holds a slot
+    it.close()  # the consumer stopped reading
+    assert h.cancelled
+    h2 = engine.submit(" the", params)
+    del h2  # dropped without reading a single event
+    gc.collect()
+    assert_pool_full(engine)
+
+
+def test_snapshot_shows_requests_in_flight(engine):
+    h = engine.submit(" the", SamplingParams(temperature=0, max_tokens=100))
+    it = iter(h)
+    next(it)
+    snap = engine.snapshot()
+    assert snap.running == (h.id,) and snap.free_slots == snap.total_slots - 1
+    (req,) = snap.requests
+    assert req.status == "decoding" and req.cache_tokens >= len(h.prompt_ids) and req.cache_bytes > 0
+    h.cancel()
+    assert isinstance(list(it)[-1], FinishEvent)
+    assert_pool_full(engine)
+
+
+@pytest.mark.parametrize(
+    ("params", "exc", "match"),
+    [
+        ({"temperature": -1.0}, ValueError, "temperature"),
+        ({"top_p": 0.0}, ValueError, "top_p"),
+        ({"max_tokens": 0}, ValueError, "max_tokens"),
+        ({"stop": ("",)}, ValueError, "stop"),
+        ({"temperture": 0.5}, ValueError, "unknown temperture"),
+        ("greedy", TypeError, "SamplingParams"),
+    ],
+)
+def test_bad_sampling_params_are_rejected_at_submit(engine, params, exc, match):
+    with pytest.raises(exc, match=match):
+        engine.submit(" t", params)
+    assert engine.snapshot().waiting == ()
+
+
+def test_a_request_larger_than_the_cache_is_rejected_at_submit(tiny_model_dir):
+    from engine import EngineConfig
+
+    eng = Engine(
+        str(tiny_model_dir), config=EngineConfig(max_batch=2, max_tokens_per_step=4, cache_tokens=20)
+    )
+    eng.wait_ready(60)
+    with pytest.raises(ValueError, match="cache tokens"):
+        eng.submit(" the thin", SamplingParams(max_tokens=50))
+    assert isinstance(collect(eng.submit(" the", SamplingParams(max_tokens=3)))[-1], FinishEvent)
+    eng.shutdown()
 
 
 def test_full_waiting_queue_says_busy(tiny_model_dir, monkeypatch):
     eng = Engine(str(tiny_model_dir), max_waiting=2)
     eng.wait_ready(60)
     release = threading.Event()
-    original = eng._serve_one
+    original = eng._core.step
 
-    def slow(handle):
+    def slow():
         release.wait(30)
-        original(handle)
+        return original()
 
-    monkeypatch.setattr(eng, "_serve_one", slow)
-    handles = [eng.submit(" t", SamplingParams(max_tokens=1))]
-    # The first request is taken by the engine thread (blocked); two more fill the queue.
-    for _ in range(50):
-        if eng.snapshot().running is not None:
-            break
-        threading.Event().wait(0.05)
-    handles += [eng.submit(" t", SamplingParams(max_tokens=1)) for _ in range(2)]
+    monkeypatch.setattr(eng._core, "step", slow)
+    # The engine thread is held inside its step: two requests fill the waiting queue.
+    handles = [eng.submit(" t", SamplingParams(max_tokens=1)) for _ in range(2)]
     with pytest.raises(EngineBusyError, match="busy"):
         eng.submit(" t", SamplingParams(max_tokens=1))
+    assert len(eng.snapshot().waiting) == 2
     release.set()
     for h in handles:
         assert isinstance(collect(h)[-1], FinishEvent)
