@@ -208,16 +208,16 @@ class Engine:
         return handle
 
     def snapshot(self) -> EngineSnapshot:
-        """The state after the latest step, with requests submitted since then added to `waiting`."""
-        with self._cv:
-            snap, inbox = self._snap, tuple(s.id for s in self._inbox)
+        """The state after the latest step; `waiting` also lists requests submitted since then."""
+        with self._cv:  # the engine thread may have taken new requests since its last step
+            snap, inbox = self._snap, self._core_waiting + tuple(s.id for s in self._inbox)
         ready = self._ready.is_set() and self._load_error is None
         if snap is None:
             c = self.config
             return EngineSnapshot(
                 self.model_name, ready, (), inbox, 0, c.max_batch, c.max_batch, c.cache_tokens, (), (), 0.0, c
             )
-        return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": snap.waiting + inbox})
+        return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": inbox})
 
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._cv:
