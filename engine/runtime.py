@@ -23,8 +23,10 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
+from typing import Any
 
 from engine.config import EngineConfig
 from engine.core import EngineCore, RequestState, StepEvent
@@ -117,6 +119,7 @@ class Engine:
         self._load_error: BaseException | None = None
         self._cv = threading.Condition()
         self._inbox: list[Sequence] = []
+        self._calls: list[_EngineCall] = []  # work queued by run_on_engine_thread(), run between steps
         self._core_waiting: tuple[int, ...] = ()  # published by the engine thread under _cv
         self._served = 0
         self._stop = False
@@ -219,6 +222,25 @@ class Engine:
             )
         return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": inbox})
 
+    def run_on_engine_thread(self, fn: Callable[[Any], Any], timeout: float | None = None) -> Any:
+        """Run `fn(loaded_model)` on the engine thread between steps and return its result (or raise its
+        exception). MLX arrays must not cross threads, so `fn` must return plain data (numpy, dataclasses)."""
+        self.wait_ready()
+        call = _EngineCall(fn)
+        with self._cv:
+            if self._stop:
+                raise RuntimeError("the engine has shut down")
+            self._calls.append(call)
+            self._cv.notify()
+        return call.future.result(timeout)
+
+    def inspect(self, token_ids: list[int], **kwargs: Any):
+        """engine.inspect.inspect_forward on the loaded model (readable path): attention, q/k around RoPE,
+        hidden states, as numpy. Runs between batching steps, so generation pauses for one forward."""
+        from engine.inspect import inspect_forward
+
+        return self.run_on_engine_thread(lambda lm: inspect_forward(lm.model, token_ids, **kwargs))
+
     def shutdown(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._stop = True
@@ -246,14 +268,19 @@ class Engine:
         core = self._core
         while True:
             with self._cv:
-                while not (self._stop or self._inbox or core.has_work):
+                while not (self._stop or self._inbox or self._calls or core.has_work):
                     self._cv.wait()
                 if self._stop:
                     break
                 new, self._inbox = self._inbox, []
+                calls, self._calls = self._calls, []
                 for seq in new:
                     core.add(seq)
                 self._core_waiting = tuple(s.id for s in core.scheduler.waiting)
+            for call in calls:
+                call.run(self.loaded)
+            if not core.has_work:
+                continue
             try:
                 ev = core.step()
                 self._served += len(ev.finished)
@@ -264,6 +291,10 @@ class Engine:
                 self._served += n
             self._publish()
         core.fail_all("the engine shut down")
+        with self._cv:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call.future.set_exception(RuntimeError("the engine shut down"))
 
     def _publish(self) -> None:
         core = self._core
@@ -286,3 +317,17 @@ class Engine:
         with self._cv:
             self._snap = snap
             self._core_waiting = snap.waiting
+
+
+class _EngineCall:
+    """A callable queued to the engine thread; its result or exception comes back through a Future."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.future: Future = Future()
+
+    def run(self, loaded: Any) -> None:
+        try:
+            self.future.set_result(self.fn(loaded))
+        except BaseException as e:  # the caller re-raises it; the engine keeps serving
+            self.future.set_exception(e)
