@@ -13,8 +13,10 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from engine.generate import FinishEvent, TokenEvent, check_prompt, generate
 from engine.sampling import SamplingParams
@@ -181,6 +183,9 @@ class Engine:
             handle = self._queue.get()
             if handle is None:
                 continue
+            if isinstance(handle, _EngineCall):  # inspection work queued by run_on_engine_thread()
+                handle.run(self.loaded)
+                continue
             with self._lock:
                 self._waiting.remove(handle.id)
                 self._running = handle.id
@@ -206,6 +211,38 @@ class Engine:
         except Exception as e:  # one bad request must not stop the engine
             log.exception("request %d failed", handle.id)
             handle._put(ErrorEvent(f"generation failed: {type(e).__name__}: {e}"))
+
+    # ----- work on the engine thread, between requests (inspection) -----
+    def run_on_engine_thread(self, fn: Callable[[Any], Any], timeout: float | None = None) -> Any:
+        """Run `fn(loaded_model)` on the engine thread between requests and return its result (or raise its
+        exception). MLX arrays must not cross threads, so `fn` must return plain data (numpy, dataclasses)."""
+        self.wait_ready()
+        call = _EngineCall(fn)
+        try:
+            self._queue.put_nowait(call)
+        except queue.Full:
+            raise EngineBusyError("the engine is busy; try again shortly") from None
+        return call.future.result(timeout)
+
+    def inspect(self, token_ids: list[int], **kwargs: Any):
+        """engine.inspect.inspect_forward on the loaded model: attention, q/k, hidden states (numpy)."""
+        from engine.inspect import inspect_forward
+
+        return self.run_on_engine_thread(lambda lm: inspect_forward(lm.model, token_ids, **kwargs))
+
+
+class _EngineCall:
+    """A callable queued to the engine thread; its result or exception comes back through a Future."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+        self.future: Future = Future()
+
+    def run(self, loaded: Any) -> None:
+        try:
+            self.future.set_result(self.fn(loaded))
+        except BaseException as e:  # the caller re-raises it; the engine keeps serving
+            self.future.set_exception(e)
 
 
 def _cancelled_finish(handle: RequestHandle) -> FinishEvent:

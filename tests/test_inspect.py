@@ -127,3 +127,29 @@ def test_bad_input_raises_value_error(model, result):
         inspect_forward(model, IDS, layers=[5])
     with pytest.raises(ValueError, match="positions"):
         logit_lens(result, model, positions=[len(IDS)])
+
+
+# ----- Engine.inspect: the same work, done on the engine thread -----
+
+
+def test_engine_inspect_runs_on_the_engine_thread_and_returns_numpy(tiny_model_dir):
+    import threading
+
+    from engine import Engine
+    from engine.loader import load_model
+
+    eng = Engine(str(tiny_model_dir))
+    try:
+        eng.wait_ready(60)
+        threads = []
+        r = eng.inspect([1, 2, 3, 4], layers=[0])
+        eng.run_on_engine_thread(lambda lm: threads.append(threading.current_thread().name))
+        assert threads == ["engine"]
+        assert r.layers == (0,) and r.layer(0).probs.shape == (4, 4, 4)
+        direct = inspect_forward(load_model(str(tiny_model_dir)).model, [1, 2, 3, 4], layers=[0])
+        assert_allclose(r.layer(0).probs, direct.layer(0).probs, 1e-6, 1e-6, "engine vs direct")
+        with pytest.raises(ValueError, match="out of range"):  # the error comes back; the engine survives
+            eng.inspect([10_000])
+        assert eng.inspect([7]).length == 1
+    finally:
+        eng.shutdown()
