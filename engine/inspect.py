@@ -19,7 +19,7 @@ Rules it keeps:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
@@ -35,11 +35,13 @@ class LayerAttention:
     """One layer's attention, per head. H query heads share H_kv key heads (GQA)."""
 
     layer: int
-    probs: np.ndarray  # (H, L, L) float32, row i = query i's weights over keys 0..i (causal)
-    q_pre: np.ndarray  # (H, L, D) queries before RoPE
-    q_post: np.ndarray  # (H, L, D) queries after RoPE
-    k_pre: np.ndarray  # (H_kv, L, D) keys before RoPE
-    k_post: np.ndarray  # (H_kv, L, D) keys after RoPE
+    probs: np.ndarray = field(
+        repr=False
+    )  # (H, L, L) float32, row i = query i's weights over keys 0..i (causal)
+    q_pre: np.ndarray = field(repr=False)  # (H, L, D) queries before RoPE
+    q_post: np.ndarray = field(repr=False)  # (H, L, D) queries after RoPE
+    k_pre: np.ndarray = field(repr=False)  # (H_kv, L, D) keys before RoPE
+    k_post: np.ndarray = field(repr=False)  # (H_kv, L, D) keys after RoPE
 
     def kv_head(self, head: int) -> int:
         """The key/value head query head `head` reads (heads are grouped in order)."""
@@ -51,8 +53,8 @@ class LogitLens:
     """Top tokens predicted from each layer's hidden state at the chosen positions."""
 
     positions: tuple[int, ...]  # which prompt positions (columns)
-    token_ids: np.ndarray  # (n_layers, P, top) int64, most probable first
-    probs: np.ndarray  # (n_layers, P, top) float32 softmax probabilities
+    token_ids: np.ndarray = field(repr=False)  # (n_layers, P, top) int64, most probable first
+    probs: np.ndarray = field(repr=False)  # (n_layers, P, top) float32 softmax probabilities
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,11 @@ class InspectResult:
     head_dim: int
     rope_base: float
     attention: tuple[LayerAttention, ...]  # the layers asked for, in order
-    hidden: np.ndarray  # (n_layers, L, D) residual stream after each block (not normed)
-    final_hidden: np.ndarray  # (L, D) after the final RMSNorm
-    final_logits: np.ndarray  # (V,) float32 logits of the last position (what generation samples from)
+    hidden: np.ndarray = field(repr=False)  # (n_layers, L, D) residual stream after each block (not normed)
+    final_hidden: np.ndarray = field(repr=False)  # (L, D) after the final RMSNorm
+    final_logits: np.ndarray = field(
+        repr=False
+    )  # (V,) float32 logits of the last position (what generation samples from)
     lens: LogitLens | None = None
 
     @property
