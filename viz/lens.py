@@ -20,10 +20,12 @@ def logit_lens_table(
     top_probs: np.ndarray,
     position_labels: list[str],
     layers: list[int] | None = None,
+    positions: list[int] | None = None,
 ) -> go.Figure:
     """top_tokens[layer][col] = the top token strings (most probable first); top_probs (n_layers, P, top).
 
-    position_labels: one label per column (the input token at that position).
+    position_labels: one label per column (the input token at that position); positions: their indices in
+    the prompt (default 0..P-1), shown as "position:token".
     """
     probs = np.asarray(top_probs, dtype=np.float64)
     n_layers, P, top = probs.shape
@@ -38,7 +40,8 @@ def logit_lens_table(
         ]
         for li, row in enumerate(top_tokens)
     ]
-    x = [f"{i}:{short(t, 10)}" for i, t in enumerate(position_labels)]
+    positions = list(range(P)) if positions is None else list(positions)
+    x = [f"{p}:{short(t, 10)}" for p, t in zip(positions, position_labels, strict=True)]
     fig = go.Figure(
         go.Heatmap(
             z=probs[:, :, 0],
