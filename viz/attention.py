@@ -14,7 +14,6 @@ import plotly.graph_objects as go
 
 from viz.layout import (
     FONT_SIZE,
-    GREY,
     INK,
     MONO_FAMILY,
     OKABE_ITO,
@@ -59,7 +58,7 @@ def attention_heatmap(
             ygap=1 if L <= 40 else 0,
         )
     )
-    vals, _ = tick_labels(labels, max_ticks=40)
+    vals, _ = tick_labels(labels, max_ticks=28)  # ~18 px per label at the figure's height
     ticks = [labels[i] for i in vals]
     title = f"Attention · layer {layer} · head {head} · {L} tokens"
     if L > 40:
@@ -88,8 +87,8 @@ def head_metrics(probs: np.ndarray) -> dict[str, np.ndarray]:
 
 
 _METRIC_TEXT = {
-    "entropy": ("mean attention entropy (bits)", "bits", "low = focused on a few tokens"),
-    "distance": ("mean attention distance (tokens)", "tokens", "low = looks at nearby tokens"),
+    "entropy": ("Entropy per head", "bits", "low = focused on a few tokens"),
+    "distance": ("Mean distance per head", "tokens", "low = looks at nearby tokens"),
 }
 
 
@@ -121,7 +120,7 @@ def attention_overview(result, metric: str = "entropy", selected: tuple[int, int
         layer, head = selected
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line={"color": VERMILLION, "width": 4})  # fmt: skip
-    style(fig, f"{title} · {hint}", height=max(420, 60 + 24 * len(layers)))
+    style(fig, f"{title}<br><sup>{hint}</sup>", height=max(420, 90 + 20 * len(layers)))
     fig.update_xaxes(title="query head", dtick=1, showgrid=False)
     fig.update_yaxes(title="layer", autorange="reversed", dtick=1 if len(layers) <= 12 else 2, showgrid=False)
     return fig
@@ -175,6 +174,4 @@ def gqa_groups(n_heads: int, n_kv_heads: int) -> go.Figure:
     )
     fig.update_xaxes(visible=False, range=[-1, n_heads])
     fig.update_yaxes(visible=False, range=[-0.6, 1.5])
-    fig.add_annotation(text="query heads", x=-0.9, y=1, showarrow=False, xanchor="left", yshift=30,
-                       font={"color": GREY})  # fmt: skip
     return fig

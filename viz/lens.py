@@ -32,7 +32,7 @@ def logit_lens_table(
     if len(top_tokens) != n_layers or any(len(r) != P for r in top_tokens) or len(position_labels) != P:
         raise ValueError("top_tokens, top_probs and position_labels disagree on layers x positions")
     layers = list(range(n_layers)) if layers is None else list(layers)
-    cell = [[short(row[c][0], 8) for c in range(P)] for row in top_tokens]
+    cell = [[short(row[c][0], 7) for c in range(P)] for row in top_tokens]
     hover = [
         [
             "<br>".join(f"{html.escape(t)!s:<14} {p:6.1%}" for t, p in zip(row[c], probs[li, c], strict=True))
@@ -49,7 +49,7 @@ def logit_lens_table(
             y=[f"L{l}" for l in layers],
             text=cell,
             texttemplate="%{text}",
-            textfont={"family": MONO_FAMILY, "size": FONT_SIZE - 2},
+            textfont={"family": MONO_FAMILY, "size": FONT_SIZE - 3},
             customdata=hover,
             hovertemplate="%{y} at %{x}<br>%{customdata}<extra></extra>",
             colorscale="Viridis",
@@ -60,8 +60,8 @@ def logit_lens_table(
             colorbar={"title": {"text": "top-1 prob"}, "thickness": 18, "tickformat": ".0%"},
         )
     )
-    style(fig, "Logit lens: each layer's best guess for the NEXT token", height=max(520, 90 + 26 * n_layers))
-    fig.update_xaxes(title="input token (the cell predicts what follows it)", side="top", tickangle=-45,
-                     tickfont={"family": MONO_FAMILY}, type="category")  # fmt: skip
+    style(fig, "Logit lens: each layer's best guess for the token AFTER each input token",
+          height=max(520, 150 + 24 * n_layers))  # fmt: skip
+    fig.update_xaxes(title="input token", tickangle=-45, tickfont={"family": MONO_FAMILY}, type="category")
     fig.update_yaxes(title="layer", autorange="reversed", type="category")
     return fig

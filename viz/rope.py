@@ -82,9 +82,11 @@ def rope_spectrum(dims: int, base: float, context: int | None = None) -> go.Figu
         )
     )  # fmt: skip
     if context:
-        fig.add_hline(y=context, line={"color": VERMILLION, "dash": "dash", "width": 2},
-                      annotation_text=f"context {context:,} tokens", annotation_position="top left",
-                      annotation_font={"size": FONT_SIZE})  # fmt: skip
+        fig.add_hline(y=context, line={"color": VERMILLION, "dash": "dash", "width": 2})
+        fig.add_annotation(
+            x=0, y=np.log10(context), text=f"context: {context:,} tokens", showarrow=False,
+            xanchor="left", yanchor="bottom", font={"size": FONT_SIZE, "color": VERMILLION},
+        )  # fmt: skip
     style(fig, f"RoPE spectrum: D = {dims}, base = {base:,.0f}", height=460, showlegend=False)
     fig.update_xaxes(title="pair i (dims i and i + D/2)")
     fig.update_yaxes(title="wavelength (tokens, log)", type="log")
@@ -143,7 +145,7 @@ def rope_relative_scores(
     plain = float(q @ k / np.sqrt(q.size))
     fig.add_hline(y=plain, line={"color": GREY, "dash": "dot", "width": 2},
                   annotation_text="no RoPE", annotation_position="bottom right")  # fmt: skip
-    style(fig, "q·k/√D against distance: same curve wherever the pair sits", height=460,
+    style(fig, "Score q·k/√D vs distance: same curve at any position", height=460,
           legend={"orientation": "h", "y": -0.2})  # fmt: skip
     fig.update_xaxes(title="distance query − key (tokens)")
     fig.update_yaxes(title="score")

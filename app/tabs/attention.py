@@ -54,21 +54,22 @@ def figures(item, layer: int, head: int, metric: str):
 
 
 def build(engine, store: InspectionStore) -> AttentionTab:
-    with gr.Row(equal_height=True):
-        prompt = gr.Textbox(
-            value=EXAMPLE, label="Prompt to inspect (plain text, up to 512 tokens)", lines=4, max_lines=10,
-            scale=6, elem_id="inspect-prompt",
-        )  # fmt: skip
-        inspect = gr.Button("Inspect", variant="primary", scale=1, min_width=120, elem_id="inspect-run")
-    status = gr.HTML(status_html(NOTHING_YET), elem_id="inspect-status")
-    with gr.Row():
-        layer = gr.Slider(0, 23, value=0, step=1, label="Layer", buttons=[], elem_id="attn-layer")
-        head = gr.Slider(0, 13, value=0, step=1, label="Head", buttons=[], elem_id="attn-head")
-        metric = gr.Radio(list(METRICS), value="entropy (focus)", label="Overview colour")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=560):
             heatmap = gr.Plot(message_figure(NOTHING_YET), show_label=False, elem_id="attn-heatmap")
         with gr.Column(scale=2, min_width=420):
+            prompt = gr.Textbox(
+                value=EXAMPLE, label="Prompt to inspect (plain text, up to 512 tokens)", lines=3,
+                max_lines=8, elem_id="inspect-prompt",
+            )  # fmt: skip
+            inspect = gr.Button("Inspect", variant="primary", elem_id="inspect-run")
+            status = gr.HTML(status_html(NOTHING_YET), elem_id="inspect-status")
+            with gr.Row():
+                layer = gr.Slider(0, 23, value=0, step=1, label="Layer", buttons=[], elem_id="attn-layer")
+                head = gr.Slider(0, 13, value=0, step=1, label="Head", buttons=[], elem_id="attn-head")
+            metric = gr.Radio(
+                list(METRICS), value="entropy (focus)", label="Overview colour", elem_id="attn-metric"
+            )
             overview = gr.Plot(
                 message_figure("layers × heads overview"), show_label=False, elem_id="attn-overview"
             )
@@ -87,7 +88,7 @@ def build(engine, store: InspectionStore) -> AttentionTab:
         heat, ov = await asyncio.to_thread(figures, item, lv, hv, metric_v)
         msg = (
             f"Inspected {res.length} tokens · {res.n_layers} layers × {res.n_heads} heads"
-            f" ({res.n_kv_heads} K/V heads) · the RoPE and Logit lens tabs show this prompt too"
+            f" ({res.n_kv_heads} K/V heads) · also on the RoPE and Logit lens tabs"
         )
         return (
             status_html(msg),
