@@ -113,11 +113,12 @@ def build(engine, store: InspectionStore) -> AttentionTab:
         api_name="inspect",
     )
     gr.on(
-        triggers=[layer.release, head.release, metric.change],
+        triggers=[layer.input, head.input, metric.change],
         fn=render,
         inputs=[layer, head, metric],
         outputs=[heatmap, overview],
         api_name="attention_view",
         show_progress="minimal",
+        trigger_mode="always_last",  # dragging a slider redraws for the last value, not every step
     )
     return AttentionTab(prompt=prompt, inspect_event=inspect_event)

@@ -86,11 +86,12 @@ def build(engine, store: InspectionStore) -> RopeTab:
     inputs = [layer, head, position]
     outputs = [status, layer, head, position, pairs, rel, spectrum, angles]
     gr.on(
-        triggers=[layer.release, head.release, position.release],
+        triggers=[layer.input, head.input, position.input],
         fn=view,
         inputs=inputs,
         outputs=outputs,
         api_name="rope_view",
         show_progress="minimal",
+        trigger_mode="always_last",  # dragging a slider redraws for the last value, not every step
     )
     return RopeTab(refresh=refresh, inputs=inputs, outputs=outputs)

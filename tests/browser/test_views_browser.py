@@ -90,6 +90,16 @@ def test_inspect_renders_attention_rope_and_lens(page):
     assert lens["type"] == "heatmap" and lens["rows"] == 24
     shot(page, "lens.png")
 
+    # moving the window recomputes the lens on the engine thread
+    box = page.locator('#lens-start input[type="number"]')
+    box.fill("0")
+    box.press("Enter")
+    page.wait_for_function(
+        "() => { const gd = document.querySelector('#lens-table .js-plotly-plot');"
+        " return gd && gd._fullData && String(gd._fullData[0].x[0]).startsWith('0:'); }",
+        timeout=INSPECT_TIMEOUT_MS,
+    )
+
     assert "Traceback" not in page.content()
     assert page.outside_requests == [], f"the page fetched from outside the server: {page.outside_requests}"
 
