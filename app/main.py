@@ -14,7 +14,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from app.tabs import chat  # noqa: E402
+from app.tabs import attention, chat, lens, rope  # noqa: E402
+from app.tabs.inspection import InspectionStore  # noqa: E402
 from app.theme import CSS, THEME  # noqa: E402
 
 TITLE = "Tiny LLM Playground"
@@ -41,12 +42,27 @@ def header_html(model: str) -> str:
 
 def build_app(engine) -> gr.Blocks:
     """The whole page around `engine` (an engine.Engine). Tabs are built first, then app-level events."""
+    inspections = InspectionStore()  # the inspected prompt the Attention, RoPE and Lens tabs share
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.HTML(header_html(engine.model_name))
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chat_tab = chat.build(engine)
+            with gr.Tab("Attention", id="attention"):
+                attention_tab = attention.build(engine, inspections)
+            with gr.Tab("RoPE", id="rope"):
+                rope_tab = rope.build(engine, inspections)
+            with gr.Tab("Logit lens", id="lens"):
+                lens_tab = lens.build(engine, inspections)
         demo.unload(chat_tab.on_unload)  # closing the browser tab cancels that session's reply
+        # A new inspection redraws the RoPE and Lens tabs too.
+        attention_tab.inspect_event.then(
+            rope_tab.refresh, rope_tab.inputs, rope_tab.outputs, api_name="rope_after_inspect",
+            show_progress="hidden",
+        ).then(
+            lens_tab.refresh, lens_tab.inputs, lens_tab.outputs, api_name="lens_after_inspect",
+            show_progress="hidden",
+        )  # fmt: skip
     return demo
 
 

@@ -67,4 +67,11 @@ CSS = f"""
 #chat-stats .chat-busy {{ color: #333; }}
 #chat-controls input[data-testid="number-input"] {{ width: 4.8rem; max-width: 4.8rem; text-align: right; }}
 #sampling-hint .hint {{ font-size: 1rem; color: #333; padding: 0 0.25rem; }}
+.hint {{ font-size: 1rem; color: #333; padding: 0 0.25rem; }}
+.inspect-ok, .inspect-error {{ font-size: 1.1rem; padding: 0.3rem 0.6rem; border-radius: 0.25rem;
+    color: {INK}; }}
+.inspect-ok {{ background: #f3f6f9; border-left: 5px solid {GREEN}; }}
+.inspect-error {{ background: #fff4e5; border-left: 5px solid {VERMILLION}; }}
+#inspect-prompt textarea {{ font-family: "IBM Plex Mono", "DejaVu Sans Mono", monospace;
+    font-size: 1.05rem; }}
 """
