@@ -24,9 +24,10 @@ import mlx.core as mx
 
 from . import cpu as _cpu
 from . import ref
-from .quant import FORMATS, QuantizedWeight, dequantize, quantize
+from .quant import BLOCK, FORMATS, QuantizedWeight, dequantize, quantize
 
 __all__ = [
+    "BLOCK",
     "FORMATS",
     "OPS",
     "QuantizedWeight",
