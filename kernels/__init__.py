@@ -168,7 +168,9 @@ def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None
     if x.ndim < 1:
         raise ValueError(f"quantized_linear: x must have at least 1 dim (..., K), got shape {_shape(x)}")
     if x.shape[-1] != K:
-        raise ValueError(f"quantized_linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, weight is {qw.shape}")
+        raise ValueError(
+            f"quantized_linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, weight is {qw.shape}"
+        )
     if x.dtype != mx.float32:
         raise ValueError(f"quantized_linear: x must be float32, got {x.dtype}")
     if b is not None:

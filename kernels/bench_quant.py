@@ -41,7 +41,7 @@ def bench_shape(M: int, K: int, N: int, reps: int) -> str:
     line += f" {t32 * 1e3:>8.3f} {4.0 * N * K / t32 / 1e9:>5.1f} {flops / t32 / 1e9:>6.1f} |"
     for fmt in FORMATS:
         qw = kernels.quantize(w, fmt)
-        t = best_time(lambda: mx.eval(kernels.quantized_linear(x, qw, backend="cpu")), reps, 2.0)
+        t = best_time(lambda qw=qw: mx.eval(kernels.quantized_linear(x, qw, backend="cpu")), reps, 2.0)
         line += f" {t * 1e3:>8.3f} {qw.nbytes / t / 1e9:>5.1f} {flops / t / 1e9:>6.1f} {t32 / t:>5.2f}x |"
     return line
 

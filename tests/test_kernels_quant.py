@@ -71,7 +71,13 @@ def test_affine4_reference_matches_mx_quantized_matmul(bias):
     x, w, b = make(5, 256, 33, bias=bias, seed=5)
     qw = quantize(w, "affine4")
     want = mx.quantized_matmul(
-        x, qw.q, qw.scales.astype(mx.float32), qw.biases.astype(mx.float32), transpose=True, group_size=64, bits=4
+        x,
+        qw.q,
+        qw.scales.astype(mx.float32),
+        qw.biases.astype(mx.float32),
+        transpose=True,
+        group_size=64,
+        bits=4,
     )
     if b is not None:
         want = want + b
@@ -151,7 +157,10 @@ def test_scales_of_exact_zero_blocks_give_zero():
         (lambda qw: kernels.quantized_linear(mx.ones((2, 32)), qw), "K mismatch"),
         (lambda qw: kernels.quantized_linear(mx.ones((2, 64), dtype=mx.float16), qw), "x must be float32"),
         (lambda qw: kernels.quantized_linear(mx.ones((2, 64)), qw, mx.ones((3,))), "b must have shape"),
-        (lambda qw: kernels.quantized_linear(mx.ones((2, 64)), mx.ones((5, 64))), "must be a kernels.QuantizedWeight"),
+        (
+            lambda qw: kernels.quantized_linear(mx.ones((2, 64)), mx.ones((5, 64))),
+            "must be a kernels.QuantizedWeight",
+        ),
         (lambda qw: kernels.quantized_linear(mx.ones((2, 64)), qw, backend="tpu"), "unknown backend"),
         (lambda qw: quantize(mx.ones((5, 48)), "q8_0"), "not a multiple"),
         (lambda qw: quantize(mx.ones((5, 64)), "q3_k"), "unknown quantization format"),

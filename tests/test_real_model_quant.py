@@ -68,7 +68,9 @@ def test_q8_0_capital_of_france_is_paris(real_lm_q8):
 def test_q8_0_writes_a_correct_prime_function(real_lm_q8):
     prompt = "Write a Python function that checks whether a number is prime."
     ids = real_lm_q8.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
-    events = list(generate(real_lm_q8.model, real_lm_q8.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200)))
+    events = list(
+        generate(real_lm_q8.model, real_lm_q8.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200))
+    )
     assert isinstance(events[-1], FinishEvent)
     code = re.search(r"```python\n(.*?)```", events[-1].text, re.S)
     assert code, f"no complete code block in:\n{events[-1].text}"

@@ -63,7 +63,7 @@ def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedW
         arrays, meta = mx.load(str(path), return_metadata=True)
     except Exception:  # a truncated or foreign file: rebuild it
         return None
-    if meta.get("format") != mode or meta.get("version") != _CACHE_VERSION or meta.get("source") != fingerprint:
+    if (meta.get("format"), meta.get("version"), meta.get("source")) != (mode, _CACHE_VERSION, fingerprint):
         return None
     shapes = json.loads(meta["shapes"])
     return {
@@ -98,7 +98,10 @@ def _write_cache(path: Path, mode: str, fingerprint: str, qws: dict[str, Quantiz
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not store the {mode} copy in {path.parent} ({e}); it will be rebuilt next load")
+        warnings.warn(
+            f"could not store the {mode} copy in {path.parent} ({e}); it will be rebuilt next load",
+            stacklevel=3,
+        )
 
 
 def quantize_weights(
@@ -111,7 +114,8 @@ def quantize_weights(
     if mode == "none":
         return weights
     block = BLOCK[mode]
-    source = {n: weights.get(n, weights["model.embed_tokens.weight"]) for n in linear_weight_names(weights, tied)}
+    embed = weights["model.embed_tokens.weight"]
+    source = {n: weights.get(n, embed) for n in linear_weight_names(weights, tied)}
     wanted = {n for n, w in source.items() if w.shape[1] % block == 0}
     qws = None
     if folder is not None:
