@@ -86,7 +86,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from engine.loader import load_model
 
     params = _sampling(args)  # validate before the (slow) load
-    lm = load_model(args.model, backend=args.backend)
+    lm = load_model(args.model, backend=args.backend, quant=args.quant)
     ids = _prompt_ids(lm, args)
     finish = None
     for ev in generate(lm.model, lm.tokenizer, ids, params, use_cache=not args.no_cache):
@@ -103,7 +103,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             "prompt_tokens": finish.prompt_tokens, "generated_tokens": len(finish.token_ids),
             "finish_reason": finish.reason, "prefill_s": round(finish.prefill_s, 4),
             "decode_s": round(finish.decode_s, 4), "prefill_tps": round(finish.prefill_tps, 2),
-            "decode_tps": round(finish.decode_tps, 2), "cache": not args.no_cache,
+            "decode_tps": round(finish.decode_tps, 2), "cache": not args.no_cache, "quant": lm.quant,
         }, ensure_ascii=False))  # fmt: skip
     else:
         print(
@@ -120,7 +120,7 @@ def _cmd_logits(args: argparse.Namespace) -> int:
     from engine.generate import check_prompt, last_logits
     from engine.loader import load_model
 
-    lm = load_model(args.model, backend=args.backend)
+    lm = load_model(args.model, backend=args.backend, quant=args.quant)
     ids = _prompt_ids(lm, args)
     check_prompt(ids, lm.model.args.max_position_embeddings)
     logits = last_logits(lm.model, ids).astype(np.float32)  # (V,)
@@ -133,6 +133,7 @@ def _cmd_logits(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from engine.loader.manifest import default_model
+    from engine.loader.quantize import DEFAULT_QUANT, QUANT_MODES
 
     p = argparse.ArgumentParser(prog="python -m engine", description="Tiny LLM Playground engine")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default=default_model(), help="manifest name or model folder")
         sp.add_argument("--backend", default=None, help="kernel backend: ref, cpu, ... (default fastest)")
+        sp.add_argument(
+            "--quant", default=DEFAULT_QUANT, choices=QUANT_MODES,
+            help=f"weight format of the linear layers (default {DEFAULT_QUANT}; none = float32)",
+        )  # fmt: skip
 
     g = sub.add_parser("generate", help="stream a completion to the terminal")
     model_args(g)

@@ -24,10 +24,22 @@ import mlx.core as mx
 
 from . import cpu as _cpu
 from . import ref
+from .quant import BLOCK, FORMATS, QuantizedWeight, dequantize, quantize
 
-__all__ = ["linear", "available_backends", "backend_for", "OPS"]
+__all__ = [
+    "BLOCK",
+    "FORMATS",
+    "OPS",
+    "QuantizedWeight",
+    "available_backends",
+    "backend_for",
+    "dequantize",
+    "linear",
+    "quantize",
+    "quantized_linear",
+]
 
-OPS: tuple[str, ...] = ("linear",)
+OPS: tuple[str, ...] = ("linear", "quantized_linear")
 _BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
 
 _log = logging.getLogger("kernels")
@@ -144,3 +156,60 @@ def linear(x: mx.array, w: mx.array, b: mx.array | None = None, *, backend: str 
     if backend in _BACKENDS:
         raise RuntimeError(f"linear: backend {backend!r} {available_backends()[backend]}")
     raise ValueError(f"linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None")
+
+
+def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None) -> None:
+    if not isinstance(x, mx.array):
+        raise ValueError("quantized_linear: x must be an mx.array")
+    if not isinstance(qw, QuantizedWeight):
+        raise ValueError(f"quantized_linear: qw must be a kernels.QuantizedWeight, got {type(qw).__name__}")
+    qw.validate()
+    N, K = qw.shape
+    if x.ndim < 1:
+        raise ValueError(f"quantized_linear: x must have at least 1 dim (..., K), got shape {_shape(x)}")
+    if x.shape[-1] != K:
+        raise ValueError(
+            f"quantized_linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, weight is {qw.shape}"
+        )
+    if x.dtype != mx.float32:
+        raise ValueError(f"quantized_linear: x must be float32, got {x.dtype}")
+    if b is not None:
+        if not isinstance(b, mx.array) or b.ndim != 1 or b.shape[0] != N:
+            got = _shape(b) if isinstance(b, mx.array) else type(b).__name__
+            raise ValueError(f"quantized_linear: b must have shape ({N},), got {got}")
+        if b.dtype != mx.float32:
+            raise ValueError(f"quantized_linear: b must be float32, got {b.dtype}")
+
+
+def quantized_linear(
+    x: mx.array, qw: QuantizedWeight, b: mx.array | None = None, *, backend: str | None = None
+) -> mx.array:
+    """y = x @ dequantize(qw).T (+ b) without materialising the float weights (cpu backend).
+
+    x: (..., K) float32; qw: QuantizedWeight (N, K) in format "q8_0" or "affine4" (kernels/quant.py);
+    b: (N,) float32 or None. Returns (..., N) float32. backend: None = fastest available,
+    "ref" = dequantize with plain mx ops then matmul, "cpu" = the C++ extension.
+    Raises ValueError on bad shapes/dtypes/formats/backend names, RuntimeError if the requested
+    backend can't run here.
+    """
+    _check_quantized_linear(x, qw, b)
+    if backend is None:
+        backend = backend_for("quantized_linear")
+        if backend == "ref" and _cpu.load() is None and mx.default_device() == mx.cpu:
+            _warn_fallback_once()
+    if backend == "ref":
+        return ref.quantized_linear(x, qw, b)
+    if backend == "cpu":
+        ext = _cpu.load()
+        if ext is None:
+            raise RuntimeError(f"quantized_linear: backend 'cpu' {available_backends()['cpu']}")
+        N, K = qw.shape
+        lead = x.shape[:-1]
+        M = math.prod(lead)
+        y = ext.quantized_linear(x.reshape(M, K), qw.q, qw.scales, qw.biases, b, qw.format)  # (M, N)
+        return y.reshape(*lead, N)  # (..., N)
+    if backend in _BACKENDS:
+        raise RuntimeError(f"quantized_linear: backend {backend!r} {available_backends()[backend]}")
+    raise ValueError(
+        f"quantized_linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None"
+    )

@@ -17,3 +17,11 @@ def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:
     if b is not None:
         y = y + b  # (..., N)
     return y
+
+
+def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
+    """y = x @ dequantize(qw).T (+ b): dequantize the whole matrix, then the float linear above.
+    x: (..., K), qw: kernels.quant.QuantizedWeight of shape (N, K), b: (N,) or None -> (..., N)."""
+    from kernels.quant import dequantize
+
+    return linear(x, dequantize(qw), b)

@@ -42,10 +42,19 @@ def real_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_lm(real_model_dir):
-    """The real 0.5B model loaded on the fastest kernel backend (LoadedModel)."""
+    """The real 0.5B model, float32 weights, on the fastest kernel backend (LoadedModel): the path
+    that is compared with mlx-lm, and the reference the quantized modes are measured against."""
     from engine.loader import load_model
 
-    return load_model(str(real_model_dir))
+    return load_model(str(real_model_dir), quant="none")
+
+
+@pytest.fixture(scope="session")
+def real_lm_q8(real_model_dir):
+    """The real 0.5B model in the default quantization (q8_0)."""
+    from engine.loader import load_model
+
+    return load_model(str(real_model_dir), quant="q8_0")
 
 
 @pytest.fixture(scope="session")

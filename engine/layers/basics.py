@@ -1,8 +1,9 @@
 """Elementary layers written with plain `mx` ops: softmax, SiLU, linear, embedding.
 
 The readable path never calls `mlx.nn` or `mx.fast` (those serve as test references). `linear` is the one
-hot op: it goes through `kernels.linear`, whose reference backend is exactly `x @ w.T + b` in plain `mx`
-ops, and whose fast backends (the C++ CPU extension, Metal, CUDA) compute the same thing.
+hot op: it goes through `kernels.linear` (or `kernels.quantized_linear` when the weight is a
+`kernels.QuantizedWeight`), whose reference backend is exactly `x @ w.T + b` in plain `mx` ops (after
+dequantizing), and whose fast backends (the C++ CPU extension, Metal, CUDA) compute the same thing.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ def silu(x: mx.array) -> mx.array:
     return x / (1.0 + mx.exp(-x))
 
 
-def linear(x: mx.array, w: mx.array, b: mx.array | None = None, backend: str | None = None) -> mx.array:
-    """y = x @ w.T + b.  x: (..., K), w: (N, K) (PyTorch/HF layout), b: (N,) -> (..., N)."""
+def linear(
+    x: mx.array, w: mx.array | kernels.QuantizedWeight, b: mx.array | None = None, backend: str | None = None
+) -> mx.array:
+    """y = x @ w.T + b.  x: (..., K), w: (N, K) (PyTorch/HF layout), b: (N,) -> (..., N).
+
+    w may be a kernels.QuantizedWeight (q8_0 / affine4): then the kernel dequantizes on the fly."""
+    if isinstance(w, kernels.QuantizedWeight):
+        return kernels.quantized_linear(x, w, b, backend=backend)
     return kernels.linear(x, w, b, backend=backend)
 
 

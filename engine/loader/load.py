@@ -1,7 +1,9 @@
 """Load a model by manifest name (fetching it on first use) or from a folder given by path.
 
 A folder is HF/MLX style: config.json, one or more *.safetensors, tokenizer.json and
-tokenizer_config.json. Weights are cast to float32 (the CPU kernels' activation dtype).
+tokenizer_config.json. Weights are cast to float32 (the CPU kernels' activation dtype), then the
+linear weights are quantized per `quant` (engine/loader/quantize.py; default q8_0, "none" keeps
+float32), reusing the quantized copy stored in the folder's quantized/ subfolder.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from engine.loader.manifest import get_spec
+from engine.loader.quantize import DEFAULT_QUANT, check_quant, quantize_weights, weight_arrays
 from engine.models.qwen2 import ModelArgs, Qwen2Model, sanitize
 from engine.tokenizer import Tokenizer
 
@@ -24,6 +27,7 @@ class LoadedModel:
     model: Qwen2Model
     tokenizer: Tokenizer
     config: dict
+    quant: str = "none"
 
 
 def resolve_model_dir(name_or_path: str, *, quiet: bool = False) -> tuple[str, Path]:
@@ -53,8 +57,12 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
     return weights
 
 
-def load_model(name_or_path: str, *, backend: str | None = None, quiet: bool = False) -> LoadedModel:
-    """Load model + tokenizer. backend: kernel backend for the linear layers (None = fastest)."""
+def load_model(
+    name_or_path: str, *, backend: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = False
+) -> LoadedModel:
+    """Load model + tokenizer. backend: kernel backend for the linear layers (None = fastest).
+    quant: "q8_0" (default, near-lossless), "affine4" (4-bit, lossier) or "none" (float32)."""
+    check_quant(quant)
     name, folder = resolve_model_dir(name_or_path, quiet=quiet)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
@@ -62,7 +70,8 @@ def load_model(name_or_path: str, *, backend: str | None = None, quiet: bool = F
     config = json.loads(cfg_file.read_text(encoding="utf-8"))
     args = ModelArgs.from_dict(config)
     weights = sanitize(load_weights(folder), args)
-    mx.eval(weights)
+    weights = quantize_weights(weights, quant, tied=args.tie_word_embeddings, folder=folder)
+    mx.eval(weight_arrays(weights))
     model = Qwen2Model(args, weights, backend=backend)
     tokenizer = Tokenizer.from_dir(folder)
-    return LoadedModel(name=name, path=folder, model=model, tokenizer=tokenizer, config=config)
+    return LoadedModel(name=name, path=folder, model=model, tokenizer=tokenizer, config=config, quant=quant)

@@ -107,7 +107,8 @@ class TransformerBlock:
 
 class Qwen2Model:
     def __init__(self, args: ModelArgs, weights: dict[str, mx.array], backend: str | None = None) -> None:
-        """weights: sanitized HF-named float arrays. backend: kernel backend for linear layers
+        """weights: sanitized HF-named float arrays; linear weights may be kernels.QuantizedWeight
+        (engine/loader/quantize.py). backend: kernel backend for linear layers
         (None = fastest available, "ref" = plain mx ops)."""
         self.args = args
         self.backend = backend
@@ -120,7 +121,8 @@ class Qwen2Model:
             for i in range(args.num_hidden_layers)
         ]
         self.norm = RMSNorm(weights["model.norm.weight"], args.rms_norm_eps)
-        self.lm_head = self.embed_tokens if args.tie_word_embeddings else weights["lm_head.weight"]
+        # A quantized model carries its own (quantized) head even when the embedding is tied.
+        self.lm_head = weights["lm_head.weight"] if "lm_head.weight" in weights else self.embed_tokens
 
     def make_cache(self) -> list[KVCache]:
         return make_cache(self.args.num_hidden_layers)

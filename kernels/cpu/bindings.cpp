@@ -10,6 +10,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "linear.h"
+#include "quant.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -24,6 +25,14 @@ NB_MODULE(_ext, m) {
       "x"_a, "w"_a, "b"_a = nb::none(),
       "y = x @ w.T (+ b). x: (M, K) float32, w: (N, K) float32, b: (N,) float32 or None -> (M, N).\n"
       "Runs on the cpu stream; lazy like any mlx op.");
+  m.def(
+      "quantized_linear",
+      [](const mlx::core::array& x, const mlx::core::array& q, const mlx::core::array& scales,
+         const std::optional<mlx::core::array>& biases, const std::optional<mlx::core::array>& b,
+         const std::string& format) { return tiny_llm::quantized_linear(x, q, scales, biases, b, format); },
+      "x"_a, "q"_a, "scales"_a, "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
+      "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
+      "(N, K/32); 'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64) -> (M, N) float32.");
   m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");

@@ -19,6 +19,7 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
+#include "kernel_table.h"
 #include "threadpool.h"
 
 // TL_NO_X86 builds only the portable kernels (to check the non-x86 build on an x86 machine).
@@ -30,28 +31,6 @@
 #endif
 
 namespace tiny_llm {
-
-// The table of kernels one ISA provides; the driver below only talks to this.
-struct GemmArgs;
-struct KernelTable {
-  const char* name;
-  int mr_big, mr_small, nr_small;
-  void (*pack)(const float* x, int64_t M, int64_t K, int64_t n_big_blocks, float* xT, int64_t blk);
-  void (*gemm)(const GemmArgs& g, int64_t task);
-  void (*skinny)(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t K,
-                 int64_t mrows, int64_t n_begin, int64_t n_end);
-};
-
-struct GemmArgs {
-  const float* xT;        // packed x: per M-block, (K, MR) k-major
-  const float* w;         // (N, K)
-  const float* b;         // (N,) or nullptr
-  float* y;               // (M, N)
-  int64_t M, N, K;
-  int64_t n_big_blocks;   // M-blocks of MR_BIG rows, then at most one block of MR_SMALL rows
-  int64_t small_rows;     // rows in the small block (0 = none)
-  int64_t cols_per_task;  // output columns per task (a multiple of NR_SMALL)
-};
 
 // ------------------------------------------------------------------------------------------------
 #if TL_X86
@@ -77,6 +56,27 @@ struct Ops {
   TL_ATTR static inline void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   TL_ATTR static inline V set1(float f) { return _mm512_set1_ps(f); }
   TL_ATTR static inline V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  TL_ATTR static inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  // W int8 -> W floats.
+  TL_ATTR static inline V load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // W bytes -> their low nibbles and high nibbles as floats.
+  TL_ATTR static inline void load_nibbles(const uint8_t* p, V& lo, V& hi) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(0xF)));
+    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+  }
+  TL_ATTR static inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+    }
+    if (i < n) {  // masked tail: no scalar conversions (K = 896 leaves 12 of 28 scales here)
+      const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + i)));
+    }
+  }
   TL_ATTR static inline float hsum(V v) {
     // Fold 512 -> 256 -> 128 -> 32 bits (GCC's _mm512_reduce_add_ps warns from its own header).
     const __m256 lo = _mm512_castps512_ps256(v);
@@ -89,8 +89,10 @@ struct Ops {
   }
 };
 #include "linear_kernels.inc"
-static const KernelTable table = {"avx512", MR_BIG, MR_SMALL, Ops::NR_SMALL,
-                                  pack_task, gemm_task, skinny_task};
+#include "quant_kernels.inc"
+static const KernelTable table = {"avx512",  MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
+                                  gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
+                                  dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_avx512
 #if defined(__GNUC__) && !defined(__clang__)
@@ -98,7 +100,7 @@ static const KernelTable table = {"avx512", MR_BIG, MR_SMALL, Ops::NR_SMALL,
 #endif
 
 namespace isa_avx2 {
-#define TL_ATTR __attribute__((target("avx2,fma")))
+#define TL_ATTR __attribute__((target("avx2,fma,f16c")))
 struct Ops {
   using V = __m256;
   static constexpr int W = 8;
@@ -114,6 +116,28 @@ struct Ops {
   TL_ATTR static inline void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   TL_ATTR static inline V set1(float f) { return _mm256_set1_ps(f); }
   TL_ATTR static inline V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  TL_ATTR static inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  TL_ATTR static inline V load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  TL_ATTR static inline void load_nibbles(const uint8_t* p, V& lo, V& hi) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0xF)));
+    hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+  }
+  TL_ATTR static inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    }
+    if (i < n) {  // tail through a small buffer: no scalar conversions
+      alignas(16) uint16_t h[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      alignas(32) float f[8];
+      for (int64_t j = i; j < n; ++j) h[j - i] = src[j];
+      _mm256_store_ps(f, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h))));
+      for (int64_t j = i; j < n; ++j) dst[j] = f[j - i];
+    }
+  }
   TL_ATTR static inline float hsum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -122,8 +146,10 @@ struct Ops {
   }
 };
 #include "linear_kernels.inc"
-static const KernelTable table = {"avx2", MR_BIG, MR_SMALL, Ops::NR_SMALL,
-                                  pack_task, gemm_task, skinny_task};
+#include "quant_kernels.inc"
+static const KernelTable table = {"avx2",    MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
+                                  gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
+                                  dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_avx2
 #endif  // TL_X86
@@ -172,10 +198,31 @@ struct Ops {
     for (int i = 0; i < W; ++i) s += a.v[i];
     return s;
   }
+  static inline V mul(const V& a, const V& b) {
+    V r;
+    for (int i = 0; i < W; ++i) r.v[i] = a.v[i] * b.v[i];
+    return r;
+  }
+  static inline V load_i8(const int8_t* p) {
+    V r;
+    for (int i = 0; i < W; ++i) r.v[i] = static_cast<float>(p[i]);
+    return r;
+  }
+  static inline void load_nibbles(const uint8_t* p, V& lo, V& hi) {
+    for (int i = 0; i < W; ++i) {
+      lo.v[i] = static_cast<float>(p[i] & 0xF);
+      hi.v[i] = static_cast<float>(p[i] >> 4);
+    }
+  }
+  static inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
+  }
 };
 #include "linear_kernels.inc"
-static const KernelTable table = {"generic", MR_BIG, MR_SMALL, Ops::NR_SMALL,
-                                  pack_task, gemm_task, skinny_task};
+#include "quant_kernels.inc"
+static const KernelTable table = {"generic", MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
+                                  gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
+                                  dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_generic
 
@@ -186,7 +233,8 @@ static bool isa_supported(const std::string& name) {
   if (name == "generic") return true;
 #if TL_X86
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
   if (name == "avx2") return avx2;
   if (name == "avx512") {
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -218,6 +266,8 @@ static const KernelTable*& current_table() {
 }
 
 std::string cpu_isa() { return current_table()->name; }
+
+const KernelTable& active_kernels() { return *current_table(); }
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;

@@ -1,0 +1,94 @@
+// kernel_table.h — what one instruction set provides to the drivers (internal to the extension).
+//
+// linear.cpp compiles linear_kernels.inc and quant_kernels.inc once per ISA (avx512, avx2, generic)
+// and fills one KernelTable per ISA; the drivers in linear.cpp and quant.cpp only talk to
+// `active_kernels()`, the table chosen at run time (or forced by set_isa for tests).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace tiny_llm {
+
+struct GemmArgs {
+  const float* xT;        // packed x: per M-block, (K, MR) k-major
+  const float* w;         // (N, K)
+  const float* b;         // (N,) or nullptr
+  float* y;               // (M, N)
+  int64_t M, N, K;
+  int64_t n_big_blocks;   // M-blocks of MR_BIG rows, then at most one block of MR_SMALL rows
+  int64_t small_rows;     // rows in the small block (0 = none)
+  int64_t cols_per_task;  // output columns per task (a multiple of NR_SMALL)
+};
+
+// Quantized weight formats (see kernels/quant.py for the layouts).
+//   Q8_0:    q int8 (N, K), scales fp16 (N, K/32): w = d * q per block of 32.
+//   AFFINE4: q uint32 (N, K/8) = mlx.quantize layout (value i of a word at bits 4i..4i+3, so byte j
+//            of a row holds values 2j (low nibble) and 2j+1 (high nibble)), scales and biases fp16
+//            (N, K/64): w = scale * q + bias per group of 64.
+enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1 };
+constexpr int64_t kQ8Block = 32;
+constexpr int64_t kA4Group = 64;
+
+// Arguments of the quantized GEMV kernels (M < 8: decode).
+struct QGemvArgs {
+  const float* x;          // (M, K); for AFFINE4 permuted per group: 32 even k, then 32 odd k
+  const float* xsum;       // AFFINE4: (M, K/64) sums of x per group (the bias term); else null
+  const uint8_t* q;        // packed weights, row-major, K/32*32 (Q8_0) or K/2 (AFFINE4) bytes a row
+  const uint16_t* scales;  // fp16 bits
+  const uint16_t* biases;  // fp16 bits (AFFINE4) or null
+  const float* b;          // (N,) or null
+  float* y;                // (M, N)
+  int64_t M, N, K;
+};
+
+struct KernelTable {
+  const char* name;
+  int mr_big, mr_small, nr_small;
+  void (*pack)(const float* x, int64_t M, int64_t K, int64_t n_big_blocks, float* xT, int64_t blk);
+  void (*gemm)(const GemmArgs& g, int64_t task);
+  void (*skinny)(const float* x, const float* w, const float* b, float* y, int64_t N, int64_t K,
+                 int64_t mrows, int64_t n_begin, int64_t n_end);
+  // All M-blocks of y, columns [c0, c1), with the weight rows of those columns given as a dense
+  // (c1 - c0, K) float panel starting at row c0 (the quantized GEMM dequantizes into it).
+  void (*gemm_cols)(const GemmArgs& g, int64_t c0, int64_t c1, const float* w_c0);
+  // Rows [m0, m0 + mrows) (mrows <= 4) of y, columns [n_begin, n_end).
+  void (*q8_gemv)(const QGemvArgs& a, int64_t m0, int64_t mrows, int64_t n_begin, int64_t n_end);
+  void (*a4_gemv)(const QGemvArgs& a, int64_t m0, int64_t mrows, int64_t n_begin, int64_t n_end);
+  // Dequantize weight rows [r0, r1) into dst ((r1 - r0), K) float32; AFFINE4 rows come out in the
+  // permuted order (per group: 32 even k, then 32 odd k), matching the permuted x.
+  void (*dequant_rows)(QFormat f, const QGemvArgs& a, int64_t r0, int64_t r1, float* dst);
+};
+
+// The kernels of the ISA in use (best supported, or the one forced by set_isa).
+const KernelTable& active_kernels();
+
+// IEEE half -> float, portable (normals, subnormals, zero, inf/nan).
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t man = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalize
+      exp = 127 - 15 + 1;
+      while ((man & 0x400u) == 0) {
+        man <<= 1;
+        --exp;
+      }
+      man &= 0x3FFu;
+      bits = sign | (exp << 23) | (man << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+}  // namespace tiny_llm

@@ -1,0 +1,220 @@
+// quant.cpp — driver, op and Primitive for quantized_linear (kernels in quant_kernels.inc).
+//
+// Rules it keeps:
+//  * M < 8 (decode): GEMV tasks over ranges of weight rows, each row read once per <= 4 rows of x.
+//  * M >= 8 (prefill): each task dequantizes its weight rows into a float32 panel (L2-sized) and
+//    runs the float32 GEMM micro-kernel on it, so the dequantization is paid once per M rows.
+//  * AFFINE4 permutes x per group of 64 (even k, then odd k) once per call, matching the nibble
+//    order of the packed weights; the dot product is the same sum in another order.
+//  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
+#include "quant.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "threadpool.h"
+
+namespace tiny_llm {
+
+static constexpr int64_t kQSkinnyMaxM = 8;
+static constexpr double kQMinParallelFlops = 2.0e5;
+
+static int64_t row_bytes(QFormat f, int64_t K) {
+  return f == QFormat::Q8_0 ? K + 2 * (K / kQ8Block) : K / 2 + 4 * (K / kA4Group);
+}
+
+void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
+                          const uint16_t* biases, const float* b, float* y, int64_t M, int64_t N,
+                          int64_t K) {
+  if (M <= 0 || N <= 0) return;
+  const KernelTable& t = active_kernels();
+  ThreadPool& pool = ThreadPool::global();
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int max_threads = flops < kQMinParallelFlops ? 1 : 0;
+  const int64_t threads = max_threads == 1 ? 1 : pool.size();
+
+  QGemvArgs a{x, nullptr, q, scales, biases, b, y, M, N, K};
+  thread_local std::vector<float> xperm_buf, xsum_buf;
+  if (f == QFormat::AFFINE4) {
+    const int64_t ng = K / kA4Group;
+    if (static_cast<int64_t>(xperm_buf.size()) < M * K) xperm_buf.resize(M * K);
+    if (static_cast<int64_t>(xsum_buf.size()) < M * ng) xsum_buf.resize(M * ng);
+    float* xp = xperm_buf.data();
+    float* xs = xsum_buf.data();
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t g = 0; g < ng; ++g) {
+        const float* src = x + m * K + g * kA4Group;
+        float* dst = xp + m * K + g * kA4Group;
+        float s = 0.0f;
+        for (int64_t j = 0; j < kA4Group / 2; ++j) {
+          dst[j] = src[2 * j];
+          dst[kA4Group / 2 + j] = src[2 * j + 1];
+          s += src[2 * j] + src[2 * j + 1];
+        }
+        xs[m * ng + g] = s;
+      }
+    }
+    a.x = xp;
+    a.xsum = xs;
+  }
+
+  if (M < kQSkinnyMaxM) {
+    auto gemv = f == QFormat::Q8_0 ? t.q8_gemv : t.a4_gemv;
+    // Tasks of ~32 KB of packed weight rows (multiple of 4 rows), enough to balance the threads.
+    int64_t rows = std::max<int64_t>(4, (32 * 1024 / row_bytes(f, K)) / 4 * 4);
+    const int64_t balanced = ((N + 8 * threads - 1) / (8 * threads) + 3) / 4 * 4;
+    rows = std::max<int64_t>(4, std::min(rows, balanced));
+    const int64_t n_tasks = (N + rows - 1) / rows;
+    pool.parallel_for(
+        n_tasks,
+        [&](int64_t task) {
+          const int64_t n0 = task * rows;
+          const int64_t n1 = std::min(N, n0 + rows);
+          for (int64_t m0 = 0; m0 < M; m0 += 4) gemv(a, m0, std::min<int64_t>(4, M - m0), n0, n1);
+        },
+        max_threads);
+    return;
+  }
+
+  // GEMM: pack (the possibly permuted) x, then tasks over column ranges with dequantized panels.
+  int64_t n_big = M / t.mr_big;
+  int64_t small_rows = M - n_big * t.mr_big;
+  if (small_rows > t.mr_small) {
+    ++n_big;
+    small_rows = 0;
+  }
+  const int64_t n_blocks = n_big + (small_rows > 0 ? 1 : 0);
+  const int64_t packed = (n_big * t.mr_big + (small_rows > 0 ? t.mr_small : 0)) * K;
+  thread_local std::vector<float> xT_buf;
+  if (static_cast<int64_t>(xT_buf.size()) < packed) xT_buf.resize(packed);
+  float* xT = xT_buf.data();
+  const float* xin = a.x;
+  pool.parallel_for(
+      n_blocks, [&](int64_t blk) { t.pack(xin, M, K, n_big, xT, blk); }, max_threads);
+
+  const int64_t nr = t.nr_small;
+  int64_t cols = std::max<int64_t>(nr, (256 * 1024 / (4 * K)) / nr * nr);
+  const int64_t balanced = ((N + 4 * threads - 1) / (4 * threads) + nr - 1) / nr * nr;
+  cols = std::max<int64_t>(nr, std::min(cols, balanced));
+  GemmArgs g{xT, nullptr, b, y, M, N, K, n_big, small_rows, cols};
+  const int64_t n_tasks = (N + cols - 1) / cols;
+  pool.parallel_for(
+      n_tasks,
+      [&](int64_t task) {
+        const int64_t c0 = task * cols;
+        const int64_t c1 = std::min(N, c0 + cols);
+        thread_local std::vector<float> panel;  // one per pool thread, reused
+        if (static_cast<int64_t>(panel.size()) < (c1 - c0) * K) panel.resize((c1 - c0) * K);
+        t.dequant_rows(f, a, c0, c1, panel.data());
+        t.gemm_cols(g, c0, c1, panel.data());
+      },
+      max_threads);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Op and Primitive
+
+static std::string shape_str(const mx::array& a) {
+  std::string out = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+static void expect_shape(const char* what, const mx::array& a, int64_t d0, int64_t d1) {
+  if (a.ndim() != 2 || a.shape(0) != d0 || a.shape(1) != d1) {
+    throw std::invalid_argument(std::string("quantized_linear: ") + what + " must have shape (" +
+                                std::to_string(d0) + ", " + std::to_string(d1) + "), got " +
+                                shape_str(a));
+  }
+}
+
+mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
+                           const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
+                           const std::string& format, mx::StreamOrDevice s) {
+  QFormat f;
+  if (format == "q8_0") {
+    f = QFormat::Q8_0;
+  } else if (format == "affine4") {
+    f = QFormat::AFFINE4;
+  } else {
+    throw std::invalid_argument("quantized_linear: unknown format '" + format + "' (q8_0, affine4)");
+  }
+  if (x.ndim() != 2) throw std::invalid_argument("quantized_linear: x must be 2-D (M, K), got " + shape_str(x));
+  if (x.dtype() != mx::float32) throw std::invalid_argument("quantized_linear: x must be float32");
+  if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
+  const int64_t K = x.shape(1), N = q.shape(0);
+  const int64_t block = f == QFormat::Q8_0 ? kQ8Block : kA4Group;
+  if (K <= 0 || K % block != 0) {
+    throw std::invalid_argument("quantized_linear: K = " + std::to_string(K) + " must be a positive multiple of " +
+                                std::to_string(block) + " for " + format);
+  }
+  if (f == QFormat::Q8_0) {
+    if (q.dtype() != mx::int8) throw std::invalid_argument("quantized_linear: q8_0 q must be int8");
+    expect_shape("q", q, N, K);
+    if (biases) throw std::invalid_argument("quantized_linear: q8_0 takes no biases");
+  } else {
+    if (q.dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: affine4 q must be uint32");
+    expect_shape("q", q, N, K / 8);
+    if (!biases) throw std::invalid_argument("quantized_linear: affine4 needs biases");
+    if (biases->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: biases must be float16");
+    expect_shape("biases", *biases, N, K / block);
+  }
+  if (scales.dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
+  expect_shape("scales", scales, N, K / block);
+  if (b) {
+    if (b->ndim() != 1 || b->shape(0) != N) {
+      throw std::invalid_argument("quantized_linear: b must be (N,) = (" + std::to_string(N) + ",), got " +
+                                  shape_str(*b));
+    }
+    if (b->dtype() != mx::float32) throw std::invalid_argument("quantized_linear: b must be float32");
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st),
+                                   mx::contiguous(scales, false, st)};
+  if (biases) inputs.push_back(mx::contiguous(*biases, false, st));
+  if (b) inputs.push_back(mx::contiguous(*b, false, st));
+  return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
+                   std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
+}
+
+void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  for (const auto& a : inputs) {
+    if (!a.flags().row_contiguous) {
+      throw std::runtime_error("TinyLLMQuantizedLinear: input is not row-contiguous (op builder bug)");
+    }
+  }
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  const bool a4 = format_ == QFormat::AFFINE4;
+  const float* xp = inputs[0].data<float>();
+  const uint8_t* qp = inputs[1].data<uint8_t>();
+  const uint16_t* sp = inputs[2].data<uint16_t>();
+  const uint16_t* bip = a4 ? inputs[3].data<uint16_t>() : nullptr;
+  const float* bp = has_bias_ ? inputs[a4 ? 4 : 3].data<float>() : nullptr;
+  float* yp = out.data<float>();
+  const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = inputs[1].shape(0);
+  const QFormat f = format_;
+  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, bp, yp, M, N, K); });
+}
+
+void QuantizedLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMQuantizedLinear has no GPU implementation; run it on the cpu stream");
+}
+
+bool QuantizedLinear::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const QuantizedLinear*>(&other);
+  return o != nullptr && o->format_ == format_ && o->has_bias_ == has_bias_;
+}
+
+std::vector<mx::Shape> QuantizedLinear::output_shapes(const std::vector<mx::array>& inputs) {
+  return {mx::Shape{inputs[0].shape(0), inputs[1].shape(0)}};
+}
+
+}  // namespace tiny_llm

@@ -1,0 +1,53 @@
+// quant.h — the `quantized_linear` op of the CPU extension: y = x @ dequantize(w).T (+ b).
+//
+// Rules it keeps:
+//  * The op validates shapes and dtypes and throws std::invalid_argument (a Python ValueError)
+//    before building the graph node; the Primitive only ever sees valid inputs.
+//  * Activations and outputs are float32; the weights stay packed in memory (formats in
+//    kernel_table.h and kernels/quant.py) and are dequantized in registers or into small panels.
+//  * The Primitive runs on the CPU stream only; eval_gpu throws.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernel_table.h"
+#include "mlx/array.h"
+#include "mlx/primitives.h"
+#include "mlx/utils.h"
+
+namespace tiny_llm {
+
+namespace mx = mlx::core;
+
+// format: "q8_0" (q int8 (N, K), scales float16 (N, K/32), biases none) or
+//         "affine4" (q uint32 (N, K/8), scales and biases float16 (N, K/64)).
+// x: (M, K) float32, b: (N,) float32 or none -> (M, N) float32.
+mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
+                           const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
+                           const std::string& format, mx::StreamOrDevice s = {});
+
+// Raw kernel on contiguous row-major buffers (see QGemvArgs for the layouts).
+void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
+                          const uint16_t* biases, const float* b, float* y, int64_t M, int64_t N,
+                          int64_t K);
+
+class QuantizedLinear : public mx::Primitive {
+ public:
+  QuantizedLinear(mx::Stream stream, QFormat format, bool has_bias)
+      : mx::Primitive(stream), format_(format), has_bias_(has_bias) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+
+  const char* name() const override { return "TinyLLMQuantizedLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  QFormat format_;
+  bool has_bias_;
+};
+
+}  // namespace tiny_llm

@@ -1,0 +1,194 @@
+"""Tests for kernels.quantized_linear and the formats in kernels/quant.py.
+
+Rules they keep:
+- The readable reference (dequantize, then x @ w.T) is checked against independent implementations:
+  gguf's Q8_0 quantizer (bit-exact, the ggml reference) and mlx's own mx.quantize / mx.dequantize /
+  mx.quantized_matmul for the 4-bit affine format.
+- The cpu backend is compared with the reference on odd shapes, on every ISA this CPU can run.
+- A backend that can't run here is skipped with its reason, never faked.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import kernels
+from kernels import cpu as kcpu
+from kernels import ref
+from kernels.quant import BLOCK, QuantizedWeight, dequantize, quantize
+from tests.test_kernels_linear import assert_close, require
+
+FORMATS = ("q8_0", "affine4")
+
+
+def make(M: int | tuple[int, ...], K: int, N: int, bias: bool, seed: int = 0):
+    kx, kw, kb = mx.random.split(mx.random.key(seed), 3)
+    shape_x = M if isinstance(M, tuple) else (M, K)
+    x = mx.random.normal(shape_x, key=kx)  # (..., K)
+    w = 0.1 * mx.random.normal((N, K), key=kw)  # (N, K)
+    b = mx.random.normal((N,), key=kb) if bias else None
+    return x, w, b
+
+
+# --- the formats against independent references ------------------------------------------------
+
+
+def test_q8_0_matches_gguf_reference_quantizer_bit_exactly():
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+    from gguf.quants import quantize as gguf_quantize
+
+    _, w, _ = make(1, 256, 37, bias=False, seed=3)
+    w = mx.concatenate([w, mx.zeros((1, 256))])  # an all-zero row: d = 0 must not divide by zero
+    qw = quantize(w, "q8_0")
+    raw = gguf_quantize(np.array(w), GGMLQuantizationType.Q8_0).reshape(38, 256 // 32, 34)
+    d = raw[..., :2].copy().view(np.float16)[..., 0]  # (N, K/32)
+    qs = raw[..., 2:].copy().view(np.int8).reshape(38, 256)  # (N, K)
+    np.testing.assert_array_equal(np.array(qw.scales), d)
+    np.testing.assert_array_equal(np.array(qw.q), qs)
+    want = gguf_dequantize(raw.reshape(38, -1), GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(np.array(dequantize(qw)), want)
+
+
+def test_affine4_is_mlx_quantize_layout():
+    _, w, _ = make(1, 192, 21, bias=False, seed=4)
+    qw = quantize(w, "affine4")
+    q, s, b = mx.quantize(w, group_size=64, bits=4)
+    np.testing.assert_array_equal(np.array(qw.q), np.array(q))
+    np.testing.assert_array_equal(np.array(qw.scales), np.array(s.astype(mx.float16)))
+    np.testing.assert_array_equal(np.array(qw.biases), np.array(b.astype(mx.float16)))
+    mine = dequantize(qw)
+    # (float32 scales: with float16 ones mx.dequantize computes in float16)
+    s32, b32 = qw.scales.astype(mx.float32), qw.biases.astype(mx.float32)
+    theirs = mx.dequantize(qw.q, s32, b32, group_size=64, bits=4)
+    assert_close(mine, theirs, K=1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_affine4_reference_matches_mx_quantized_matmul(bias):
+    x, w, b = make(5, 256, 33, bias=bias, seed=5)
+    qw = quantize(w, "affine4")
+    want = mx.quantized_matmul(
+        x,
+        qw.q,
+        qw.scales.astype(mx.float32),
+        qw.biases.astype(mx.float32),
+        transpose=True,
+        group_size=64,
+        bits=4,
+    )
+    if b is not None:
+        want = want + b
+    assert_close(ref.quantized_linear(x, qw, b), want, K=256)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_quantization_error_is_small(fmt):
+    _, w, _ = make(1, 512, 64, bias=False, seed=6)
+    err = float(mx.max(mx.abs(dequantize(quantize(w, fmt)) - w)))
+    amax = float(mx.max(mx.abs(w)))
+    # q8_0: half a step of d = amax_block / 127; affine4: about half a step of (max - min) / 15 <= 2 amax / 15
+    # (mlx nudges the bias so that 0 is exact, and the scales are float16)
+    assert err <= amax * (0.5 / 127 if fmt == "q8_0" else 1.2 / 15)
+
+
+# --- cpu against the reference -----------------------------------------------------------------
+
+_SHAPES = [(1, 64, 1), (1, 896, 4864), (3, 128, 7), (2, 4864, 129), (7, 192, 33), (8, 64, 5),
+           (13, 896, 131), (64, 256, 97), (129, 640, 255)]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("M", "K", "N"), _SHAPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_matches_reference(fmt, M, K, N, bias):
+    require("cpu")
+    if K % BLOCK[fmt]:
+        pytest.skip(f"K={K} is not a multiple of {fmt}'s block")
+    x, w, b = make(M, K, N, bias, seed=M + K + N)
+    qw = quantize(w, fmt)
+    assert_close(kernels.quantized_linear(x, qw, b, backend="cpu"), ref.quantized_linear(x, qw, b), K=K)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("M", "K", "N"), [(1, 896, 37), (5, 128, 9), (33, 192, 29)])
+def test_cpu_every_isa_matches_reference(fmt, M, K, N):
+    require("cpu")
+    ext = kcpu.load()
+    if K % BLOCK[fmt]:
+        pytest.skip("K not a multiple of the block")
+    x, w, b = make(M, K, N, bias=True, seed=11)
+    qw = quantize(w, fmt)
+    want = ref.quantized_linear(x, qw, b)
+    before = ext.cpu_isa()
+    try:
+        for isa in ext.supported_isas():
+            ext.set_isa(isa)
+            assert_close(kernels.quantized_linear(x, qw, b, backend="cpu"), want, K=K)
+    finally:
+        ext.set_isa(before)
+
+
+def test_leading_dims_are_kept():
+    require("cpu")
+    x, w, b = make((2, 3, 64), 64, 11, bias=True)
+    qw = quantize(w, "q8_0")
+    y = kernels.quantized_linear(x, qw, b)
+    assert y.shape == (2, 3, 11)
+    assert_close(y, ref.quantized_linear(x, qw, b), K=64)
+
+
+def test_scales_of_exact_zero_blocks_give_zero():
+    require("cpu")
+    w = mx.zeros((4, 64))
+    for fmt in FORMATS:
+        y = kernels.quantized_linear(mx.ones((2, 64)), quantize(w, fmt), backend="cpu")
+        assert float(mx.max(mx.abs(y))) == 0.0
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda qw: kernels.quantized_linear(mx.ones((2, 32)), qw), "K mismatch"),
+        (lambda qw: kernels.quantized_linear(mx.ones((2, 64), dtype=mx.float16), qw), "x must be float32"),
+        (lambda qw: kernels.quantized_linear(mx.ones((2, 64)), qw, mx.ones((3,))), "b must have shape"),
+        (
+            lambda qw: kernels.quantized_linear(mx.ones((2, 64)), mx.ones((5, 64))),
+            "must be a kernels.QuantizedWeight",
+        ),
+        (lambda qw: kernels.quantized_linear(mx.ones((2, 64)), qw, backend="tpu"), "unknown backend"),
+        (lambda qw: quantize(mx.ones((5, 48)), "q8_0"), "not a multiple"),
+        (lambda qw: quantize(mx.ones((5, 64)), "q3_k"), "unknown quantization format"),
+        (
+            lambda qw: kernels.quantized_linear(
+                mx.ones((2, 64)), QuantizedWeight("q8_0", (5, 64), qw.q.astype(mx.int32), qw.scales)
+            ),
+            "q8_0: q must be",
+        ),
+        (
+            lambda qw: kernels.quantized_linear(
+                mx.ones((2, 64)), QuantizedWeight("affine4", (5, 64), qw.q, qw.scales)
+            ),
+            "affine4: q must be",
+        ),
+    ],
+)
+def test_bad_inputs_raise_value_error(call, message):
+    qw = quantize(0.1 * mx.random.normal((5, 64), key=mx.random.key(0)), "q8_0")
+    with pytest.raises(ValueError, match=message):
+        call(qw)
+
+
+def test_extension_validates_too():
+    require("cpu")
+    ext = kcpu.load()
+    qw = quantize(mx.ones((5, 64)), "q8_0")
+    with pytest.raises(ValueError, match="unknown format"):
+        ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.scales, None, None, "q4_0")
+    with pytest.raises(ValueError, match="scales must have shape"):
+        ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.scales[:, :1], None, None, "q8_0")

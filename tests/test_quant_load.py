@@ -1,0 +1,67 @@
+"""Quantized loading on a tiny converted model: which weights get quantized, the stored copy, fidelity."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from engine.loader import load_model
+from engine.loader.quantize import cache_file
+from kernels import QuantizedWeight
+from tests.utils import kl_divergence
+
+IDS = [[5, 77, 120, 3, 250, 9, 31]]
+
+
+def logits(lm) -> np.ndarray:
+    return np.array(lm.model(mx.array(IDS))[0, -1], dtype=np.float32)
+
+
+def test_none_keeps_float32(tiny_model_dir):
+    lm = load_model(str(tiny_model_dir), quant="none")
+    assert lm.quant == "none"
+    assert not any(isinstance(v, QuantizedWeight) for v in lm.model.layers[0].mlp.w.values())
+
+
+def test_q8_0_quantizes_every_linear_and_stays_close(tiny_model_dir):
+    f32 = load_model(str(tiny_model_dir), quant="none")
+    q8 = load_model(str(tiny_model_dir), quant="q8_0")
+    block = q8.model.layers[0]
+    assert all(isinstance(v, QuantizedWeight) for k, v in block.self_attn.w.items() if k.endswith("weight"))
+    assert all(isinstance(v, QuantizedWeight) for v in block.mlp.w.values())
+    assert isinstance(q8.model.lm_head, QuantizedWeight)
+    assert not isinstance(q8.model.embed_tokens, QuantizedWeight)  # the gather table stays float32
+    assert kl_divergence(logits(f32), logits(q8)) < 1e-3
+
+
+def test_affine4_keeps_weights_whose_k_is_not_a_multiple_of_64_in_float32(tiny_model_dir):
+    lm = load_model(str(tiny_model_dir), quant="affine4")
+    mlp = lm.model.layers[0].mlp.w
+    assert isinstance(mlp["gate_proj.weight"], QuantizedWeight)  # K = hidden 64
+    assert not isinstance(mlp["down_proj.weight"], QuantizedWeight)  # K = intermediate 96
+    assert np.isfinite(logits(lm)).all()
+
+
+def test_quantized_copy_is_stored_once_and_reused(tiny_model_dir):
+    load_model(str(tiny_model_dir), quant="q8_0")
+    path = cache_file(tiny_model_dir, "q8_0")
+    assert path.is_file()
+    stamp = path.stat().st_mtime_ns
+    a = logits(load_model(str(tiny_model_dir), quant="q8_0"))
+    assert path.stat().st_mtime_ns == stamp  # read, not rewritten
+    path.write_bytes(b"garbage")  # a broken copy is rebuilt, never trusted
+    b = logits(load_model(str(tiny_model_dir), quant="q8_0"))
+    np.testing.assert_array_equal(a, b)
+    assert path.stat().st_size > 100
+
+
+def test_stored_copies_do_not_leak_into_float_loads(tiny_model_dir):
+    load_model(str(tiny_model_dir), quant="affine4")
+    lm = load_model(str(tiny_model_dir), quant="none")
+    assert not isinstance(lm.model.lm_head, QuantizedWeight)
+
+
+def test_unknown_quant_is_a_value_error(tiny_model_dir):
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        load_model(str(tiny_model_dir), quant="int3")

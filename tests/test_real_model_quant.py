@@ -1,0 +1,81 @@
+"""The real 0.5B model with quantized weights against the engine's own float32 path.
+
+Fidelity is measured as KL(float32 || quantized) of the last position's next-token distribution on the
+prompts of tests/reference_prompts.py (the >500-token one included). Bounds:
+  q8_0 (default)  KL <= 0.01 (the requirement; measured <= 1.5e-4)
+  affine4         KL <= 0.15 (documented bound; measured up to ~0.07, see kernels/README_quant.md)
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from engine.generate import FinishEvent, generate, last_logits
+from engine.sampling import SamplingParams
+from tests.reference_prompts import PROMPTS, prompt_ids
+from tests.utils import kl_divergence
+
+pytestmark = pytest.mark.real_model
+Q8_KL_MAX = 0.01
+AFFINE4_KL_MAX = 0.15
+
+
+@pytest.fixture(scope="module")
+def float32_logits(real_lm):
+    return {name: last_logits(real_lm.model, prompt_ids(real_lm.tokenizer, name)) for name in PROMPTS}
+
+
+@pytest.fixture(scope="module")
+def real_lm_affine4(real_model_dir):
+    from engine.loader import load_model
+
+    return load_model(str(real_model_dir), quant="affine4")
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_default_q8_0_stays_within_kl_001_of_float32(real_lm_q8, float32_logits, name):
+    ours = last_logits(real_lm_q8.model, prompt_ids(real_lm_q8.tokenizer, name))
+    kl = kl_divergence(float32_logits[name], ours)
+    print(f"q8_0 {name}: KL = {kl:.2e}")
+    assert kl <= Q8_KL_MAX, f"{name}: KL(float32 || q8_0) = {kl:.2e}"
+    assert int(np.argmax(ours)) == int(np.argmax(float32_logits[name]))
+
+
+@pytest.mark.parametrize("name", list(PROMPTS))
+def test_affine4_kl_is_within_its_documented_bound(real_lm_affine4, float32_logits, name):
+    ours = last_logits(real_lm_affine4.model, prompt_ids(real_lm_affine4.tokenizer, name))
+    kl = kl_divergence(float32_logits[name], ours)
+    print(f"affine4 {name}: KL = {kl:.2e}")
+    assert kl <= AFFINE4_KL_MAX, f"{name}: KL(float32 || affine4) = {kl:.2e}"
+
+
+def test_default_load_is_q8_0(real_model_dir):
+    from engine.loader import load_model
+    from engine.loader.quantize import DEFAULT_QUANT
+
+    assert DEFAULT_QUANT == "q8_0"
+    assert load_model.__kwdefaults__["quant"] == "q8_0"
+
+
+def test_q8_0_capital_of_france_is_paris(real_lm_q8):
+    logits = last_logits(real_lm_q8.model, real_lm_q8.tokenizer.encode("The capital of France is"))
+    assert real_lm_q8.tokenizer.decode([int(np.argmax(logits))]) == " Paris"
+
+
+def test_q8_0_writes_a_correct_prime_function(real_lm_q8):
+    prompt = "Write a Python function that checks whether a number is prime."
+    ids = real_lm_q8.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    events = list(
+        generate(real_lm_q8.model, real_lm_q8.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200))
+    )
+    assert isinstance(events[-1], FinishEvent)
+    code = re.search(r"```python\n(.*?)```", events[-1].text, re.S)
+    assert code, f"no complete code block in:\n{events[-1].text}"
+    namespace: dict = {}
+    exec(code.group(1), namespace)  # the model's own code
+    fn = next(v for k, v in namespace.items() if callable(v) and "prime" in k)
+    sieve = [n > 1 and all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(500)]
+    assert [bool(fn(n)) for n in range(500)] == sieve
