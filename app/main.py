@@ -14,7 +14,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from app.tabs import attention, chat, lens, rope  # noqa: E402
+from app.tabs import attention, batching, chat, course, lens, rope  # noqa: E402
 from app.tabs.inspection import InspectionStore  # noqa: E402
 from app.theme import CSS, THEME  # noqa: E402
 
@@ -43,18 +43,31 @@ def header_html(model: str) -> str:
 def build_app(engine) -> gr.Blocks:
     """The whole page around `engine` (an engine.Engine). Tabs are built first, then app-level events."""
     inspections = InspectionStore()  # the inspected prompt the Attention, RoPE and Lens tabs share
+    labels: dict[int, str] = {}  # request id -> who sent it ("chat", "demo"), for the batching view
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.HTML(header_html(engine.model_name))
-        with gr.Tabs():
-            with gr.Tab("Chat", id="chat"):
-                chat_tab = chat.build(engine)
-            with gr.Tab("Attention", id="attention"):
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat") as chat_item:
+                chat_tab = chat.build(engine, labels)
+            with gr.Tab("Attention", id="attention") as attention_item:
                 attention_tab = attention.build(engine, inspections)
-            with gr.Tab("RoPE", id="rope"):
+            with gr.Tab("RoPE", id="rope") as rope_item:
                 rope_tab = rope.build(engine, inspections)
-            with gr.Tab("Logit lens", id="lens"):
+            with gr.Tab("Logit lens", id="lens") as lens_item:
                 lens_tab = lens.build(engine, inspections)
+            with gr.Tab("KV cache & batching", id="batching") as batching_item:
+                batching_tab = batching.build(engine, labels)
+            with gr.Tab("Course map", id="course") as course_item:
+                course.build(tabs)
         demo.unload(chat_tab.on_unload)  # closing the browser tab cancels that session's reply
+        # The batching view polls only while its tab is open (and redraws at once when it opens).
+        batching_item.select(
+            lambda: (gr.Timer(active=True), *batching_tab.refresh()), None,
+            [batching_tab.timer, *batching_tab.outputs], api_name="batching_open", show_progress="hidden",
+        )  # fmt: skip
+        for i, item in enumerate((chat_item, attention_item, rope_item, lens_item, course_item)):
+            item.select(lambda: gr.Timer(active=False), None, batching_tab.timer, api_name=f"batching_close_{i}",
+                        show_progress="hidden")  # fmt: skip
         # A new inspection redraws the RoPE and Lens tabs too.
         attention_tab.inspect_event.then(
             rope_tab.refresh, rope_tab.inputs, rope_tab.outputs, api_name="rope_after_inspect",
@@ -77,5 +90,6 @@ def launch(demo: gr.Blocks, *, host: str, port: int, **kwargs) -> None:
         css=CSS,
         show_error=False,
         footer_links=["api", "settings"],
+        allowed_paths=[str(course.ROOT / p) for p in course.course_files()],  # the course map's links only
         **kwargs,
     )

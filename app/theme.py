@@ -74,4 +74,37 @@ CSS = f"""
 .inspect-error {{ background: #fff4e5; border-left: 5px solid {VERMILLION}; }}
 #inspect-prompt textarea {{ font-family: "IBM Plex Mono", "DejaVu Sans Mono", monospace;
     font-size: 1.05rem; }}
+#chat-tokens .tok-view {{ border: 1px solid #d0d7de; border-radius: 0.4rem; padding: 0.5rem 0.6rem;
+    background: #fafbfc; }}
+#chat-tokens .tok-text {{ font-family: "IBM Plex Mono", "DejaVu Sans Mono", monospace; font-size: 1.05rem;
+    line-height: 1.9; white-space: pre-wrap; word-break: break-word; }}
+#chat-tokens .tok {{ cursor: pointer; padding: 0.08rem 0.05rem; margin: 0 1px; border-radius: 0.2rem; }}
+#chat-tokens .tok:hover {{ outline: 2px solid {INK}; }}
+#chat-tokens .tok.sel {{ outline: 3px solid {VERMILLION}; outline-offset: 1px; }}
+#chat-tokens .tok-empty {{ color: #444; font-family: "IBM Plex Sans", "DejaVu Sans", sans-serif; }}
+.tok-legend {{ margin-top: 0.4rem; font-size: 0.95rem; color: #333; }}
+.tok-swatch {{ display: inline-block; min-width: 1.8rem; text-align: center; font-size: 0.85rem;
+    padding: 0 0.15rem; }}
+.tok-note {{ font-size: 0.95rem; color: #333; margin-top: 0.2rem; }}
+#batch-kpis .kpis {{ display: flex; gap: 0.8rem; flex-wrap: wrap; }}
+#batch-kpis .kpi {{ border-left: 6px solid; background: #f3f6f9; padding: 0.3rem 0.9rem; border-radius: 0.3rem;
+    min-width: 8.5rem; }}
+#batch-kpis .kpi-v {{ font-size: 1.8rem; font-weight: 700; font-variant-numeric: tabular-nums; color: {INK}; }}
+#batch-kpis .kpi-k {{ font-size: 1rem; color: #333; }}
+#demo-status {{ margin-top: 0.5rem; }}
+.demo-title {{ font-size: 1.15rem; font-weight: 600; padding: 0.4rem 0.6rem 0; color: {INK}; }}
+.req-table, .course-table {{ border-collapse: collapse; width: 100%; font-size: 1.02rem; }}
+.req-table th, .req-table td, .course-table th, .course-table td {{ padding: 0.25rem 0.5rem;
+    border-bottom: 1px solid #d0d7de; text-align: left; vertical-align: top; }}
+.req-table td, .req-table th {{ font-variant-numeric: tabular-nums; white-space: nowrap; }}
+.req-table tr.done td {{ color: #444; }}
+.req-table .dot {{ display: inline-block; width: 0.75rem; height: 0.75rem; border-radius: 50%;
+    margin-right: 0.35rem; }}
+.course-table tr.todo td {{ color: #555; background: #f6f6f6; }}
+.course-table .built {{ color: white; background: {GREEN}; padding: 0.05rem 0.45rem; border-radius: 0.3rem; }}
+.course-table .todo {{ color: {INK}; background: #e8e8e8; padding: 0.05rem 0.45rem; border-radius: 0.3rem;
+    border: 1px dashed #777; }}
+.course-table .tab-ref {{ font-weight: 600; color: {BLUE}; }}
+.course-table code {{ font-size: 0.95rem; }}
+.course-note {{ font-size: 0.92rem; color: #444; }}
 """

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
@@ -37,6 +38,7 @@ from engine.sequence import ErrorEvent, Sequence
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 Event = TokenEvent | FinishEvent | ErrorEvent
+RECENT_FINISHED = 32  # finished requests whose timings the snapshot keeps
 
 
 class EngineBusyError(RuntimeError):
@@ -82,6 +84,20 @@ def _cancel(flag: threading.Event, wake) -> None:
 
 
 @dataclass(frozen=True)
+class RequestTiming:
+    """Latency figures of one request, live or recently finished (seconds; None = not reached yet)."""
+
+    id: int
+    status: str  # waiting / prefilling / decoding, or the finish reason once finished
+    prompt_tokens: int
+    generated: int
+    queue_s: float | None  # submitted -> admitted to a slot
+    ttft_s: float | None  # submitted -> first token
+    decode_tps: float | None  # tokens after the first per second since the first token
+    age_s: float  # seconds since submission (at the snapshot)
+
+
+@dataclass(frozen=True)
 class EngineSnapshot:
     model: str
     ready: bool
@@ -95,6 +111,7 @@ class EngineSnapshot:
     steps: tuple[StepEvent, ...]  # recent steps, oldest first
     tokens_per_s: float  # sampled tokens per second of step time over the recent steps
     config: EngineConfig
+    timings: tuple[RequestTiming, ...] = ()  # live requests, then the recently finished (newest last)
 
 
 class Engine:
@@ -125,6 +142,8 @@ class Engine:
         self._stop = False
         self._snap: EngineSnapshot | None = None
         self._core: EngineCore | None = None
+        self._live: dict[int, Sequence] = {}  # engine thread only: sequences handed to the core
+        self._finished: deque[RequestTiming] = deque(maxlen=RECENT_FINISHED)
         self.loaded = None
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._thread.start()
@@ -276,6 +295,7 @@ class Engine:
                 calls, self._calls = self._calls, []
                 for seq in new:
                     core.add(seq)
+                    self._live[seq.id] = seq
                 self._core_waiting = tuple(s.id for s in core.scheduler.waiting)
             for call in calls:
                 call.run(self.loaded)
@@ -300,6 +320,12 @@ class Engine:
         core = self._core
         steps = tuple(core.steps)
         busy = sum(s.duration_s for s in steps)
+        now = time.perf_counter()
+        for rid, seq in list(self._live.items()):
+            if seq.finished:
+                self._finished.append(_timing(seq, now))
+                del self._live[rid]
+        live = tuple(_timing(seq, now) for seq in self._live.values())
         snap = EngineSnapshot(
             model=self.model_name,
             ready=True,
@@ -313,10 +339,27 @@ class Engine:
             steps=steps,
             tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0,
             config=self.config,
+            timings=live + tuple(self._finished),
         )
         with self._cv:
             self._snap = snap
             self._core_waiting = snap.waiting
+
+
+def _timing(seq: Sequence, now: float) -> RequestTiming:
+    t0, first, end = seq.submitted_at, seq.first_token_at, seq.finished_at or now
+    n_after_first = len(seq.output_ids) - 1
+    tps = n_after_first / (end - first) if first is not None and n_after_first > 0 and end > first else None
+    return RequestTiming(
+        id=seq.id,
+        status=seq.finish_reason if seq.finished and seq.finish_reason else seq.status.value,
+        prompt_tokens=len(seq.prompt_ids),
+        generated=len(seq.output_ids),
+        queue_s=None if seq.admitted_at is None else seq.admitted_at - t0,
+        ttft_s=None if first is None else first - t0,
+        decode_tps=tps,
+        age_s=end - t0,
+    )
 
 
 class _EngineCall:

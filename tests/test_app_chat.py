@@ -165,7 +165,7 @@ def test_reply_streams_token_by_token_and_ends_with_stats():
     out = run_coroutine(_collect(engine, "Say hello", history=[{"role": "user", "content": "x"}]))
     replies = [item[1][-1]["content"] for item in out]
     assert replies[:4] == ["", "Hel", "Hello", "Hello!"]  # one update per token, after the placeholder
-    msg_box, history, stats = out[-1]
+    msg_box, history, stats = out[-1][:3]
     assert msg_box == ""
     assert [m["role"] for m in history] == ["user", "user", "assistant"]
     assert "finish: eos" in stats
@@ -190,7 +190,7 @@ def test_bad_input_gives_one_readable_error_and_keeps_the_message(text, override
     with pytest.warns(UserWarning):  # gr.Warning outside a request falls back to warnings.warn
         out = run_coroutine(_collect(engine, text, **overrides))
     assert len(out) == 1
-    msg_box, history, note = out[0]
+    msg_box, history, note = out[0][:3]
     assert not isinstance(msg_box, str)  # gr.update(): the typed message stays in the box
     assert history == []
     assert "chat-error" in note and needle in note and "Traceback" not in note
@@ -200,7 +200,7 @@ def test_bad_input_gives_one_readable_error_and_keeps_the_message(text, override
 def test_engine_error_event_is_shown_and_partial_reply_kept():
     engine = ScriptedEngine(pieces=["par", "tial"], error="generation failed: boom")
     out = run_coroutine(_collect(engine, "go"))
-    _, history, note = out[-1]
+    _, history, note = out[-1][:3]
     assert history[-1]["content"] == "partial"
     assert "generation failed: boom" in note
 

@@ -83,6 +83,7 @@ def sampling_distribution(
     top_p: float = 1.0,
     min_p: float = 0.0,
     drawn: int | None = None,
+    step_label: str = "",
 ) -> go.Figure:
     """Bars of the top-N tokens: raw probability (grey outline), after temperature and filters (blue = kept,
     light = cut, labelled by the filter that cut it). `drawn` = index of the sampled token (vermillion)."""
@@ -115,9 +116,11 @@ def sampling_distribution(
         fig.add_hline(y=min_p * kept_first, line={"color": SKY, "dash": "dot", "width": 3},
                       annotation_text=f"min-p × top = {min_p * kept_first:.1%}")  # fmt: skip
     outside = max(0.0, 1.0 - float(f.raw.sum()))
-    title = f"Next-token distribution · T={temperature:g} · top-k {top_k} · top-p {top_p:g} · min-p {min_p:g}"
-    title += f" · {int(f.kept.sum())} kept · {outside:.1%} of raw mass beyond these {n}"
-    style(fig, title, height=480, barmode="overlay", legend={"orientation": "h", "y": -0.3})
+    title = f"Next-token distribution{' of ' + step_label if step_label else ''}"
+    title += f"<br><sup>T={temperature:g} · top-k {top_k} · top-p {top_p:g} · min-p {min_p:g}"
+    title += f" · {int(f.kept.sum())} kept · {outside:.1%} of raw mass beyond these {n}</sup>"
+    style(fig, title, height=480, barmode="overlay", legend={"orientation": "h", "y": -0.3},
+          margin={"l": 70, "r": 30, "t": 95, "b": 60})  # fmt: skip
     fig.update_xaxes(tickangle=-45, tickfont={"family": MONO_FAMILY, "color": INK})
     fig.update_yaxes(title="probability", tickformat=".0%")
     return fig

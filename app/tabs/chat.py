@@ -9,6 +9,10 @@ Rules it keeps:
   whatever else happens (exception, cancelled task), so the engine never generates for nobody.
 - Bad input (empty message, invalid sampling values, a prompt longer than the context, a full engine
   queue) becomes a warning toast plus a line under the chat, never a traceback; the engine keeps serving.
+- Under the chat, the reply streams as tokens coloured by their probability (viz.tokens). Clicking a token
+  (or moving the "Token #" slider) shows that step's distribution (viz.sampling); moving the sampling
+  sliders redraws it from the stored step record, with no new forward pass. The records of each
+  session's latest reply are kept here (slim copies, bounded), never in gr.State.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import asyncio
 import html
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from engine import Engine, EngineBusyError, ErrorEvent, FinishEvent, RequestHandle, SamplingParams, TokenEvent
+from viz.layout import message_figure
+from viz.sampling import sampling_distribution
+from viz.tokens import token_html
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,56 @@ DEFAULT_SYSTEM = "You are Qwen, a helpful coding assistant. Answer concisely."
 MODEL_LOAD_TIMEOUT_S = 300.0
 _STOPPED = object()  # put on a stream's queue by Stop / Clear / tab close
 _END = object()  # put by the pump thread after the handle's last event
+MAX_SESSIONS = 64  # sessions whose latest reply's step records are kept (least recently used dropped)
+PICK_HINT = "Click a token of a reply to see the distribution it was drawn from."
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What the distribution view needs from one sampling step (a SampleRecord without its kept set,
+    which can hold the whole vocabulary)."""
+
+    token: int
+    text: str  # the text this token added to the reply ("" while a multi-byte character is pending)
+    prob: float | None  # probability under the distribution it was drawn from (None: not recorded)
+    top_ids: tuple[int, ...] = ()
+    top_logprobs: tuple[float, ...] = ()
+
+    @staticmethod
+    def of(ev: TokenEvent) -> StepRecord:
+        s = ev.sample
+        if s is None:
+            return StepRecord(ev.token, ev.text, None)
+        return StepRecord(ev.token, ev.text, float(s.prob), tuple(s.top_ids), tuple(s.top_logprobs))
+
+
+class StepRecords:
+    """Each session's latest reply as StepRecords; at most `max_sessions` sessions (LRU)."""
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self.max_sessions = max_sessions
+        self._by_session: OrderedDict[str, list[StepRecord]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> list[StepRecord]:
+        """A fresh (empty) record list for the session's new reply; the caller appends to it."""
+        records: list[StepRecord] = []
+        with self._lock:
+            self._by_session[session] = records
+            self._by_session.move_to_end(session)
+            while len(self._by_session) > self.max_sessions:
+                self._by_session.popitem(last=False)
+        return records
+
+    def get(self, session: str) -> list[StepRecord]:
+        with self._lock:
+            records = self._by_session.get(session)
+            if records is not None:
+                self._by_session.move_to_end(session)
+            return list(records or [])
+
+    def __len__(self) -> int:
+        return len(self._by_session)
 
 
 @dataclass
@@ -177,6 +235,37 @@ def _busy(text: str) -> str:
     return f'<div class="chat-busy">{html.escape(text)}</div>'
 
 
+def tokens_view(records: list[StepRecord], selected: int | None = None, note: str = "") -> str:
+    """The reply's tokens coloured by probability (the HTML under the chat)."""
+    return token_html([r.text for r in records], [r.prob for r in records], selected, note=note)
+
+
+def step_figure(records: list[StepRecord], index: float | None, temp: float, k: float, p: float, mp: float,
+                piece=lambda t: str(t)):  # fmt: skip
+    """The distribution of step `index` under the given slider values, recomputed from its record.
+    `piece(token_id)` names a token (the tokenizer's visible text)."""
+    if not records:
+        return message_figure(PICK_HINT, "Next-token distribution", height=480)
+    i = min(max(int(index or 0), 0), len(records) - 1)
+    r = records[i]
+    if not r.top_logprobs:
+        return message_figure(f"Token {i} has no recorded distribution.", "Next-token distribution", height=480)
+    top_k = int(k) if float(k).is_integer() and k >= 0 else 0
+    top_p = min(max(float(p), 0.01), 1.0)
+    drawn = r.top_ids.index(r.token) if r.token in r.top_ids else None
+    label = f"token {i} {piece(r.token)!r}" + ("" if drawn is not None else " (drawn token outside the top shown)")
+    return sampling_distribution(
+        [piece(t) for t in r.top_ids], list(r.top_logprobs), temperature=max(float(temp), 0.0), top_k=top_k,
+        top_p=top_p, min_p=min(max(float(mp), 0.0), 1.0), drawn=drawn, step_label=label,
+    )  # fmt: skip
+
+
+def least_likely(records: list[StepRecord]) -> int | None:
+    """Index of the drawn token with the lowest probability (the reply's most surprising step)."""
+    known = [(r.prob, i) for i, r in enumerate(records) if r.prob is not None]
+    return min(known)[1] if known else None
+
+
 # ----- the tab -----
 
 
@@ -188,11 +277,28 @@ class ChatTab:
     message: gr.Textbox
     stats: gr.HTML
     on_unload: Any
+    records: StepRecords
 
 
-def build(engine: Engine) -> ChatTab:
-    """Create the chat tab's components inside the current gr.Tab, then wire its events."""
+TOKEN_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const t = e.target.closest('[data-i]');
+  if (t) trigger('click', {index: parseInt(t.dataset.i)});
+});
+"""
+
+
+def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
+    """Create the chat tab's components inside the current gr.Tab, then wire its events.
+    `labels` (optional, shared with the batching tab) gets "chat" for each request this tab submits."""
     streams = _Streams()
+    records_store = StepRecords()
+
+    def piece(token_id: int) -> str:
+        try:
+            return engine.tokenizer.id_to_piece(int(token_id), visible_whitespace=True)
+        except Exception:  # an engine without a tokenizer (tests) still gets a label
+            return str(token_id)
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=520):
@@ -200,7 +306,7 @@ def build(engine: Engine) -> ChatTab:
                 label="Conversation",
                 show_label=False,
                 elem_id="chat-box",
-                height=430,
+                height=380,
                 buttons=["copy"],
                 feedback_options=None,
                 placeholder="Ask something — e.g. *Write a Python function that reverses a string.*",
@@ -220,6 +326,10 @@ def build(engine: Engine) -> ChatTab:
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=100, elem_id="chat-stop")
                 clear = gr.Button("Clear", variant="secondary", scale=1, min_width=100, elem_id="chat-clear")
             stats = gr.HTML("", elem_id="chat-stats")
+            tokens = gr.HTML(
+                tokens_view([]), elem_id="chat-tokens", js_on_load=TOKEN_CLICK_JS, max_height=260,
+                padding=False,
+            )  # fmt: skip
         with gr.Column(scale=2, min_width=340, elem_id="chat-controls"):
             system = gr.Textbox(label="System prompt", value=DEFAULT_SYSTEM, lines=2, max_lines=6)
             with gr.Group():
@@ -239,6 +349,19 @@ def build(engine: Engine) -> ChatTab:
                 '<div class="hint">Off: top-k 0 · top-p 1 · min-p 0 · penalty 1. '
                 "Temperature 0 = greedy.</div>",
                 elem_id="sampling-hint",
+            )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=520):
+            step_plot = gr.Plot(message_figure(PICK_HINT, "Next-token distribution", height=480),
+                                show_label=False, elem_id="chat-dist")  # fmt: skip
+        with gr.Column(scale=2, min_width=340):
+            pick = gr.Slider(0, 1, value=0, step=1, label="Token #", buttons=[], elem_id="tok-pick")
+            gr.HTML(
+                '<div class="hint">Click a token above (or move this slider) to see the distribution it '
+                "was drawn from: grey outline = raw model probability, blue = what the sampler kept after "
+                "temperature, top-k, top-p and min-p, vermillion = the drawn token. Move the sampling sliders "
+                "to see how they would change <i>this</i> step (recomputed from the stored record, no new "
+                "forward pass; repetition penalty not included).</div>"
             )
 
     # ----- handlers: plain values in, yields out -----
@@ -261,7 +384,7 @@ def build(engine: Engine) -> ChatTab:
 
         def refuse(msg: str):
             gr.Warning(html.escape(msg))
-            return gr.update(), history, format_error(msg)
+            return gr.update(), history, format_error(msg), gr.update(), gr.update()
 
         if not text or not text.strip():
             yield refuse("The message is empty: type something first.")
@@ -282,41 +405,78 @@ def build(engine: Engine) -> ChatTab:
             yield refuse(str(e))
             return
 
+        if labels is not None:
+            labels[handle.id] = "chat"
         stream = streams.open(session, handle)
+        records = records_store.start(session)
         history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         reply = ""
         n_tokens = 0
+
+        def done():  # the token view with the most surprising token selected, and the slider on it
+            sel = least_likely(records)
+            note = "" if sel is None else f"outlined: token {sel}, the least likely drawn token"
+            return tokens_view(records, sel, note), gr.update(maximum=max(len(records) - 1, 1), value=sel or 0)
+
         try:
-            yield "", history, _busy(f"generating… (prompt {len(handle.prompt_ids)} tokens)")
+            yield "", history, _busy(f"generating… (prompt {len(handle.prompt_ids)} tokens)"), tokens_view(
+                []
+            ), gr.update()
             while True:
                 ev = await stream.queue.get()
                 if ev is _END:
                     break
                 if ev is _STOPPED:
                     if stream.cleared:
-                        yield "", [], ""
+                        yield "", [], "", tokens_view([]), gr.update()
                     else:
                         history = [*history[:-1], {"role": "assistant", "content": reply}]
-                        yield "", history, _stopped_stats(n_tokens)
+                        yield "", history, _stopped_stats(n_tokens), *done()
                     break
                 if isinstance(ev, TokenEvent):
                     n_tokens += 1
+                    records.append(StepRecord.of(ev))
                     if ev.text:
                         reply += ev.text
                         history = [*history[:-1], {"role": "assistant", "content": reply}]
-                        yield "", history, _busy(f"generating… {n_tokens} tokens")
+                        yield "", history, _busy(f"generating… {n_tokens} tokens"), tokens_view(
+                            records
+                        ), gr.update()
                 elif isinstance(ev, FinishEvent):
                     if ev.reason != "cancelled" or not reply:
                         reply += ev.tail
                     history = [*history[:-1], {"role": "assistant", "content": reply}]
-                    yield "", history, format_stats(ev)
+                    yield "", history, format_stats(ev), *done()
                 elif isinstance(ev, ErrorEvent):
-                    yield "", history, format_error(ev.message)
+                    yield "", history, format_error(ev.message), *done()
         except Exception as e:  # never let a traceback reach the page
             log.exception("chat stream failed")
-            yield "", history, format_error(f"the reply failed: {type(e).__name__}: {e}")
+            yield "", history, format_error(f"the reply failed: {type(e).__name__}: {e}"), gr.update(), gr.update()
         finally:
             streams.close(session, stream)
+
+    def show_step(index: float, temp: float, k: float, p: float, mp: float, request: gr.Request):
+        records = records_store.get(_session(request))
+        return step_figure(records, index, temp, k, p, mp, piece)
+
+    def click_token(evt: gr.EventData, temp: float, k: float, p: float, mp: float, request: gr.Request):
+        records = records_store.get(_session(request))
+        try:
+            index = int(evt.index)
+        except (AttributeError, TypeError, ValueError):
+            return gr.update(), gr.update(), gr.update()
+        if not 0 <= index < len(records):
+            return gr.update(), gr.update(), gr.update()
+        return (
+            step_figure(records, index, temp, k, p, mp, piece),
+            gr.update(value=index, maximum=max(len(records) - 1, 1)),
+            tokens_view(records, index),
+        )
+
+    def pick_token(index: float, temp: float, k: float, p: float, mp: float, request: gr.Request):
+        records = records_store.get(_session(request))
+        i = min(max(int(index or 0), 0), max(len(records) - 1, 0))
+        return step_figure(records, i, temp, k, p, mp, piece), tokens_view(records, i if records else None)
 
     async def stop_reply(request: gr.Request) -> None:
         if request is not None and request.session_hash:
@@ -325,7 +485,8 @@ def build(engine: Engine) -> ChatTab:
     async def clear_chat(request: gr.Request):
         if request is not None and request.session_hash:
             streams.stop(request.session_hash, cleared=True)
-        return [], "", ""
+        records_store.start(_session(request))
+        return [], "", "", tokens_view([]), message_figure(PICK_HINT, "Next-token distribution", height=480)
 
     async def clear_stream(request: gr.Request) -> None:  # the chatbot's own trash-can button
         if request is not None and request.session_hash:
@@ -341,14 +502,30 @@ def build(engine: Engine) -> ChatTab:
         fn=respond,
         inputs=[message, chatbot, system, temperature, top_k, top_p, min_p, repetition_penalty, max_tokens]
         + [seed],
-        outputs=[message, chatbot, stats],
+        outputs=[message, chatbot, stats, tokens, pick],
         api_name="chat",
         show_progress="hidden",
-    )
+    ).then(
+        show_step, [pick, temperature, top_k, top_p, min_p], step_plot, api_name="chat_step_after_reply",
+        show_progress="hidden",
+    )  # fmt: skip
+    sliders = [temperature, top_k, top_p, min_p]
+    tokens.click(click_token, sliders, [step_plot, pick, tokens], api_name="chat_token_click",
+                 show_progress="hidden", concurrency_limit=None)  # fmt: skip
+    pick.input(pick_token, [pick, *sliders], [step_plot, tokens], api_name="chat_token_pick",
+               show_progress="hidden", trigger_mode="always_last", concurrency_limit=None)  # fmt: skip
+    gr.on(
+        triggers=[c.input for c in sliders], fn=show_step, inputs=[pick, *sliders], outputs=step_plot,
+        api_name="chat_step_resample", show_progress="hidden", trigger_mode="always_last", concurrency_limit=None,
+    )  # fmt: skip
     stop.click(stop_reply, None, None, api_name="stop", concurrency_limit=None, show_progress="hidden")
     clear.click(
-        clear_chat, None, [chatbot, message, stats], api_name="clear", concurrency_limit=None,
+        clear_chat, None, [chatbot, message, stats, tokens, step_plot], api_name="clear", concurrency_limit=None,
         show_progress="hidden",
     )  # fmt: skip
     chatbot.clear(clear_stream, None, None, api_name="clear_conversation", concurrency_limit=None)
-    return ChatTab(chatbot=chatbot, message=message, stats=stats, on_unload=on_unload)
+    return ChatTab(chatbot=chatbot, message=message, stats=stats, on_unload=on_unload, records=records_store)
+
+
+def _session(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "anonymous"

@@ -1,0 +1,187 @@
+"""KV cache & batching tab: a live view of continuous batching, and a one-click class demo.
+
+Rules it keeps:
+- Live by polling: a gr.Timer (~1 s, active only while this tab is open; main.py switches it) reads
+  `engine.snapshot()`, a cheap frozen picture the engine thread publishes after every step, and redraws
+  only when the snapshot changed. Figures come from viz/batching.py (pure functions).
+- The class demo submits N real requests (varied prompts, moderate max_tokens) through the same
+  `engine.submit()` every browser session uses, so they batch with whatever else is running. Their
+  handles live in a server-side table here (a dropped handle would cancel its request), each drained by a
+  thread that discards the events; "Cancel demo" cancels the ones still running.
+- Requests are labelled in the views by who sent them ("chat", "demo") through a shared id -> label dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from engine import EngineBusyError, RequestHandle, SamplingParams
+from viz.batching import cache_occupancy, requests_table_html, step_timeline, summary_html
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+DEMO_PROMPTS = (
+    "Write a Python function that checks whether a number is prime.",
+    "Explain what a KV cache is in two sentences.",
+    "Write a SQL query that returns the five most recent orders.",
+    "What does the `yield` keyword do in Python?",
+    "Write a bash one-liner that counts the lines of every .py file.",
+    "Reverse a linked list in C. Show only the function.",
+    "Give three tips for writing readable code.",
+    "Write a JavaScript function that debounces another function.",
+    "What is the difference between a process and a thread?",
+    "Write a Rust function that sums a vector of integers.",
+    "Explain big-O notation to a beginner in three sentences.",
+    "Write a Python class for a stack with push, pop and peek.",
+    "What is a hash map and when would you use one?",
+    "Write a regular expression that matches an email address.",
+    "Write a haiku about compilers.",
+    "How does binary search work? Answer in two sentences.",
+)
+
+
+class DemoRequests:
+    """The class demo's in-flight requests: handles kept (and drained) until they finish."""
+
+    def __init__(self, engine, labels: dict[int, str]) -> None:
+        self.engine = engine
+        self.labels = labels
+        self._handles: dict[int, RequestHandle] = {}
+        self._lock = threading.Lock()
+
+    def start(self, n: int, max_tokens: int) -> list[int]:
+        """Submit n demo requests; returns their ids. Raises ValueError / EngineBusyError from submit()."""
+        ids = []
+        for i in range(n):
+            params = SamplingParams(temperature=0.7, top_k=40, max_tokens=max_tokens, logprobs=0)
+            handle = self.engine.submit(DEMO_PROMPTS[i % len(DEMO_PROMPTS)], params, chat=True)
+            self.labels[handle.id] = "demo"
+            with self._lock:
+                self._handles[handle.id] = handle
+            threading.Thread(target=self._drain, args=(handle,), name=f"demo-{handle.id}", daemon=True).start()
+            ids.append(handle.id)
+        return ids
+
+    def _drain(self, handle: RequestHandle) -> None:
+        try:
+            for _ in handle:  # events are not needed; the batching view reads the engine's snapshot
+                pass
+        finally:
+            with self._lock:
+                self._handles.pop(handle.id, None)
+
+    def cancel(self) -> int:
+        with self._lock:
+            handles = list(self._handles.values())
+        for h in handles:
+            h.cancel()
+        return len(handles)
+
+    @property
+    def live(self) -> int:
+        with self._lock:
+            return len(self._handles)
+
+
+def snapshot_key(snap) -> tuple:
+    """What changes when the picture changes (the last step, who is where, the finished count)."""
+    last = snap.steps[-1].index if snap.steps else -1
+    return (last, snap.running, snap.waiting, snap.served, snap.ready)
+
+
+def views(snap, labels: dict[int, str]) -> tuple[str, Any, str, Any]:
+    """(summary HTML, cache figure, requests table HTML, timeline figure) of one snapshot."""
+    return (
+        summary_html(snap),
+        cache_occupancy(snap.requests, snap.config.cache_tokens, snap.free_cache_tokens, labels),
+        requests_table_html(snap.timings, labels),
+        step_timeline(snap.steps, labels),
+    )
+
+
+def _note(text: str, error: bool = False) -> str:
+    return f'<div class="{"inspect-error" if error else "inspect-ok"}">{html.escape(text)}</div>'
+
+
+@dataclass(frozen=True)
+class BatchingTab:
+    timer: gr.Timer
+    refresh: Any  # fn(key) -> outputs, for main.py's tab-select event
+    inputs: list
+    outputs: list
+    demo: DemoRequests
+
+
+def build(engine, labels: dict[int, str]) -> BatchingTab:
+    demo = DemoRequests(engine, labels)
+    timer = gr.Timer(POLL_S, active=False)
+    last_key = gr.State(None)  # a small tuple, never the snapshot
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=520):
+            summary = gr.HTML(summary_html(engine.snapshot()) if hasattr(engine, "snapshot") else "",
+                              elem_id="batch-kpis")  # fmt: skip
+            demo_status = gr.HTML(_note("Class demo: start N requests and watch them share the batch."),
+                                  elem_id="demo-status")  # fmt: skip
+        with gr.Column(scale=2, min_width=400):
+            with gr.Group(elem_id="batch-demo"):
+                with gr.Row():
+                    n_requests = gr.Slider(1, 16, value=8, step=1, label="Demo requests", buttons=[],
+                                           elem_id="demo-n")  # fmt: skip
+                    demo_tokens = gr.Slider(8, 256, value=64, step=8, label="Max tokens each", buttons=[],
+                                            elem_id="demo-tokens")  # fmt: skip
+                with gr.Row():
+                    start = gr.Button("Start demo", variant="primary", elem_id="demo-start")
+                    cancel = gr.Button("Cancel demo", variant="stop", elem_id="demo-cancel")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=480):
+            cache_plot = gr.Plot(show_label=False, elem_id="batch-cache")
+        with gr.Column(scale=1, min_width=480):
+            table = gr.HTML(requests_table_html([]), elem_id="batch-requests", max_height=420)
+    timeline = gr.Plot(show_label=False, elem_id="batch-timeline")
+    gr.HTML(
+        '<div class="hint">Timeline: each column is one engine step; circles = a decode row (one new token), '
+        "squares = a chunk of prompt prefill (hover for its size). Requests join and leave the batch at any "
+        "step: that is continuous batching. TTFT = time from submit to the first token.</div>"
+    )
+
+    outputs = [summary, cache_plot, table, timeline, last_key]
+
+    def refresh(key):
+        snap = engine.snapshot()
+        new_key = snapshot_key(snap)
+        if new_key == key:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), key
+        return (*views(snap, labels), new_key)
+
+    def force_refresh():
+        return refresh(None)
+
+    async def start_demo(n: float, max_tokens: float):
+        try:
+            await asyncio.to_thread(engine.wait_ready, 300)
+            ids = await asyncio.to_thread(demo.start, int(n), int(max_tokens))
+        except (ValueError, EngineBusyError, TimeoutError, RuntimeError) as e:
+            gr.Warning(str(e))
+            return _note(f"Could not start the demo: {e}", error=True), *force_refresh()
+        msg = f"Started {len(ids)} demo requests (#{ids[0]}–#{ids[-1]}), {int(max_tokens)} tokens max each."
+        return _note(msg), *force_refresh()
+
+    def cancel_demo():
+        n = demo.cancel()
+        return _note(f"Cancelled {n} demo requests." if n else "No demo requests are running.")
+
+    timer.tick(refresh, last_key, outputs, api_name="batching_poll", show_progress="hidden",
+               concurrency_limit=2, concurrency_id="batching_poll")  # fmt: skip
+    start.click(start_demo, [n_requests, demo_tokens], [demo_status, *outputs], api_name="demo_start",
+                concurrency_limit=None, show_progress="hidden")  # fmt: skip
+    cancel.click(cancel_demo, None, demo_status, api_name="demo_cancel", concurrency_limit=None,
+                 show_progress="hidden")
+    return BatchingTab(timer=timer, refresh=force_refresh, inputs=[], outputs=outputs, demo=demo)
