@@ -249,11 +249,15 @@ def step_figure(records: list[StepRecord], index: float | None, temp: float, k: 
     i = min(max(int(index or 0), 0), len(records) - 1)
     r = records[i]
     if not r.top_logprobs:
-        return message_figure(f"Token {i} has no recorded distribution.", "Next-token distribution", height=480)
+        return message_figure(
+            f"Token {i} has no recorded distribution.", "Next-token distribution", height=480
+        )
     top_k = int(k) if float(k).is_integer() and k >= 0 else 0
     top_p = min(max(float(p), 0.01), 1.0)
     drawn = r.top_ids.index(r.token) if r.token in r.top_ids else None
-    label = f"token {i} {piece(r.token)!r}" + ("" if drawn is not None else " (drawn token outside the top shown)")
+    label = f"token {i} {piece(r.token)!r}" + (
+        "" if drawn is not None else " (drawn token outside the top shown)"
+    )
     return sampling_distribution(
         [piece(t) for t in r.top_ids], list(r.top_logprobs), temperature=max(float(temp), 0.0), top_k=top_k,
         top_p=top_p, min_p=min(max(float(mp), 0.0), 1.0), drawn=drawn, step_label=label,
@@ -416,12 +420,18 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
         def done():  # the token view with the most surprising token selected, and the slider on it
             sel = least_likely(records)
             note = "" if sel is None else f"outlined: token {sel}, the least likely drawn token"
-            return tokens_view(records, sel, note), gr.update(maximum=max(len(records) - 1, 1), value=sel or 0)
+            return tokens_view(records, sel, note), gr.update(
+                maximum=max(len(records) - 1, 1), value=sel or 0
+            )
 
         try:
-            yield "", history, _busy(f"generating… (prompt {len(handle.prompt_ids)} tokens)"), tokens_view(
-                []
-            ), gr.update()
+            yield (
+                "",
+                history,
+                _busy(f"generating… (prompt {len(handle.prompt_ids)} tokens)"),
+                tokens_view([]),
+                gr.update(),
+            )
             while True:
                 ev = await stream.queue.get()
                 if ev is _END:
@@ -439,9 +449,13 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
                     if ev.text:
                         reply += ev.text
                         history = [*history[:-1], {"role": "assistant", "content": reply}]
-                        yield "", history, _busy(f"generating… {n_tokens} tokens"), tokens_view(
-                            records
-                        ), gr.update()
+                        yield (
+                            "",
+                            history,
+                            _busy(f"generating… {n_tokens} tokens"),
+                            tokens_view(records),
+                            gr.update(),
+                        )
                 elif isinstance(ev, FinishEvent):
                     if ev.reason != "cancelled" or not reply:
                         reply += ev.tail
@@ -451,7 +465,13 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
                     yield "", history, format_error(ev.message), *done()
         except Exception as e:  # never let a traceback reach the page
             log.exception("chat stream failed")
-            yield "", history, format_error(f"the reply failed: {type(e).__name__}: {e}"), gr.update(), gr.update()
+            yield (
+                "",
+                history,
+                format_error(f"the reply failed: {type(e).__name__}: {e}"),
+                gr.update(),
+                gr.update(),
+            )
         finally:
             streams.close(session, stream)
 
