@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _event(i: int, token: int, prob: float) -> TokenEvent:
     lp = np.log([0.5, 0.3, 0.1, 0.05])
-    rec = SampleRecord(token, prob, float(lp[0]), (10, 11, 12, 13), tuple(lp), Distribution(np.arange(4), np.ones(4) / 4))
+    rec = SampleRecord(
+        token, prob, float(lp[0]), (10, 11, 12, 13), tuple(lp), Distribution(np.arange(4), np.ones(4) / 4)
+    )
     return TokenEvent(index=i, token=token, text=f"t{i}", sample=rec)
 
 
@@ -86,7 +87,14 @@ def test_class_demo_requests_show_up_in_snapshot_views_and_cancel(engine):
 def test_page_has_all_tabs_and_every_event_an_api_name(engine):
     demo = build_app(engine)
     names = {f.api_name for f in demo.fns.values()}
-    assert {"chat", "chat_token_click", "chat_step_resample", "batching_poll", "demo_start", "demo_cancel"} <= names
+    assert {
+        "chat",
+        "chat_token_click",
+        "chat_step_resample",
+        "batching_poll",
+        "demo_start",
+        "demo_cancel",
+    } <= names
     assert all(f.api_name for f in demo.fns.values())
     poll = next(f.fn for f in demo.fns.values() if f.api_name == "batching_poll")
     out = poll(None)

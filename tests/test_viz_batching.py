@@ -22,13 +22,16 @@ def _steps():
 
 
 def test_cache_occupancy_bars_hold_tokens_and_status_colours():
-    reqs = [RequestState(1, "decoding", 0, 40, 5, 45, 3 * 2**20), RequestState(2, "prefilling", 1, 300, 0, 256, 2**20)]
+    reqs = [
+        RequestState(1, "decoding", 0, 40, 5, 45, 3 * 2**20),
+        RequestState(2, "prefilling", 1, 300, 0, 256, 2**20),
+    ]
     fig = cache_occupancy(reqs, total_tokens=1000, free_tokens=400, labels={2: "demo"})
     (bar,) = fig.data
     assert list(bar.x) == [45, 256] and list(bar.y) == ["#1", "#2 demo"]
     assert list(bar.marker.color) == [BLUE, ORANGE]
     assert "3.0 MiB" in bar.text[0] and "slot 1" in bar.text[1]
-    assert "301 tokens" in fig.layout.title.text and "600 of 1,000 reserved" in fig.layout.title.text
+    assert "301 tokens" in fig.layout.title.text and "600 of 1,000 tokens reserved" in fig.layout.title.text
 
 
 def test_cache_occupancy_without_requests_is_a_message():
@@ -41,17 +44,26 @@ def test_step_timeline_marks_decode_rows_and_prefill_chunks_per_step():
     decode_bars, prefill_bars, decode, prefill = fig.data
     assert list(decode_bars.y) == [0, 1, 3] and list(prefill_bars.y) == [1, 2, 0]
     assert list(zip(decode.x, decode.y)) == [(1, "#1"), (2, "#1"), (2, "#2"), (2, "#3 chat")]
-    assert list(zip(prefill.x, prefill.y, prefill.customdata)) == [(0, "#1", 40), (1, "#2", 256), (1, "#3 chat", 12)]
+    assert list(zip(prefill.x, prefill.y, prefill.customdata)) == [
+        (0, "#1", 40),
+        (1, "#2", 256),
+        (1, "#3 chat", 12),
+    ]
     assert decode.marker.symbol == "circle" and prefill.marker.symbol == "square"
     assert "3 requests" in fig.layout.title.text and "2.3 requests per step" in fig.layout.title.text
 
 
 def test_requests_table_and_summary_show_timings():
-    t = [RequestTiming(7, "decoding", 41, 12, 0.5, 1.25, 6.54, 3.0), RequestTiming(5, "length", 30, 64, None, None, None, 9)]
+    t = [
+        RequestTiming(7, "decoding", 41, 12, 0.5, 1.25, 6.54, 3.0),
+        RequestTiming(5, "length", 30, 64, None, None, None, 9),
+    ]
     out = requests_table_html(t, {7: "demo"})
     assert "#7 demo" in out and "1.25 s" in out and "6.5 tok/s" in out and "—" in out
     assert out.count("<tr") == 3
-    snap = NS(running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True)
+    snap = NS(
+        running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True
+    )
     s = summary_html(snap)
     assert "14 / 16" in s and "12.3" in s and ">9<" in s
     assert request_label(4) == "#4"
@@ -59,7 +71,7 @@ def test_requests_table_and_summary_show_timings():
 
 def test_token_html_colours_by_probability_and_marks_selection():
     out = token_html(["Hel", "lo", "\n"], [0.0, 1.0, None], selected=1)
-    assert out.count('data-i=') == 3 and 'class="tok sel" data-i="1"' in out
+    assert out.count("data-i=") == 3 and 'class="tok sel" data-i="1"' in out
     assert prob_colour(0.0) in out and prob_colour(1.0) in out and "#d0d0d0" in out
     assert "↵<br>" in out and "probability of the drawn token" in out
     assert prob_colour(2.0) == prob_colour(1.0)

@@ -59,10 +59,11 @@ def cache_occupancy(
     used = sum(r.cache_tokens for r in requests)
     total_bytes = sum(r.cache_bytes for r in requests)
     title = (
-        f"KV cache: {used:,} tokens ({total_bytes / MIB:.1f} MiB) written · "
-        f"{total_tokens - free_tokens:,} of {total_tokens:,} reserved"
+        f"KV cache: {used:,} tokens written ({total_bytes / MIB:.1f} MiB)"
+        f"<br><sup>{total_tokens - free_tokens:,} of {total_tokens:,} tokens reserved (prompt + max tokens)</sup>"
     )
-    style(fig, title, height=max(300, 90 + 38 * len(requests)), showlegend=False)
+    style(fig, title, height=max(300, 110 + 38 * len(requests)), showlegend=False,
+          margin={"l": 70, "r": 30, "t": 90, "b": 60})  # fmt: skip
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title="cached tokens", rangemode="tozero")
     return fig
@@ -148,7 +149,7 @@ def summary_html(snap: Any) -> str:
         ("waiting", len(snap.waiting), ORANGE),
         ("free slots", f"{snap.free_slots} / {snap.total_slots}", GREEN),
         ("served", snap.served, SKY),
-        ("tok/s (recent steps)", f"{snap.tokens_per_s:.1f}", VERMILLION),
+        ("tok/s (recent)", f"{snap.tokens_per_s:.1f}", VERMILLION),
     ]
     cells = "".join(
         f'<div class="kpi" style="border-color:{c}"><div class="kpi-v">{html.escape(str(v))}</div>'

@@ -89,7 +89,7 @@ def course_table_html(course: tuple[CourseDay, ...] = COURSE) -> str:
         tab = f'<span class="tab-ref">{html.escape(TAB_NAMES[d.tab])}</span>' if d.tab else "—"
         note = f'<div class="course-note">{html.escape(d.note)}</div>' if d.note else ""
         rows.append(
-            f'<tr class="{"built" if d.built else "todo"}"><td>W{d.week} · D{html.escape(d.day)}</td>'
+            f'<tr class="{"row-built" if d.built else "row-todo"}"><td>W{d.week} · D{html.escape(d.day)}</td>'
             f"<td>{html.escape(d.topic)}{note}</td><td>{status}</td><td>{mods}</td><td>{tests}</td><td>{tab}</td></tr>"
         )
     head = "".join(f"<th>{h}</th>" for h in ("week · day", "topic", "status", "engine", "tests", "tab"))

@@ -2,7 +2,7 @@
 
 Checks that a reply streams (the assistant's text changes several times before the stats line appears),
 that bad input gives a readable notice and no traceback, that the page fetches nothing from outside the
-server (it must work offline), and saves the screenshot used in the docs. Fixtures: tests/browser/conftest.py.
+server (it must work offline). Fixtures: tests/browser/conftest.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "assets" / "screenshots" / "chat.png"
 REPLY_TIMEOUT_S = 120
 
 LAST_BOT = "() => { const m = document.querySelectorAll('#chat-box [data-testid=\"bot\"]');"
@@ -66,9 +65,7 @@ def test_chat_streams_reply_and_shows_stats(page):
     assert page.input_value("#chat-input textarea") == "", "the message box is cleared after sending"
     assert "Traceback" not in page.content()
     assert page.outside_requests == [], f"the page fetched from outside the server: {page.outside_requests}"
-
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))
+    # The docs' chat.png is taken by test_playground_browser.py (with a token clicked).
 
 
 def test_empty_message_shows_notice_not_traceback(page):
