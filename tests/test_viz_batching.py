@@ -43,8 +43,8 @@ def test_step_timeline_marks_decode_rows_and_prefill_chunks_per_step():
     fig = step_timeline(_steps(), labels={3: "chat"})
     decode_bars, prefill_bars, decode, prefill = fig.data
     assert list(decode_bars.y) == [0, 1, 3] and list(prefill_bars.y) == [1, 2, 0]
-    assert list(zip(decode.x, decode.y)) == [(1, "#1"), (2, "#1"), (2, "#2"), (2, "#3 chat")]
-    assert list(zip(prefill.x, prefill.y, prefill.customdata)) == [
+    assert list(zip(decode.x, decode.y, strict=True)) == [(1, "#1"), (2, "#1"), (2, "#2"), (2, "#3 chat")]
+    assert list(zip(prefill.x, prefill.y, prefill.customdata, strict=True)) == [
         (0, "#1", 40),
         (1, "#2", 256),
         (1, "#3 chat", 12),

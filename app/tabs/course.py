@@ -76,7 +76,8 @@ def course_files(course: tuple[CourseDay, ...] = COURSE) -> list[str]:
 
 
 def file_link(path: str) -> str:
-    return f'<a href="gradio_api/file={html.escape(str(ROOT / path))}" target="_blank"><code>{html.escape(path)}</code></a>'
+    href = f"gradio_api/file={html.escape(str(ROOT / path))}"
+    return f'<a href="{href}" target="_blank"><code>{html.escape(path)}</code></a>'
 
 
 def course_table_html(course: tuple[CourseDay, ...] = COURSE) -> str:
