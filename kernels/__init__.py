@@ -238,7 +238,9 @@ def _pick(op: str, backend: str | None, all_f32: bool) -> str:
     return backend
 
 
-def _check_attention(q: mx.array, k: mx.array, v: mx.array, causal: bool, kv_lengths: mx.array | None) -> None:
+def _check_attention(
+    q: mx.array, k: mx.array, v: mx.array, causal: bool, kv_lengths: mx.array | None
+) -> None:
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, mx.array):
             raise ValueError(f"flash_attention: {name} must be an mx.array")

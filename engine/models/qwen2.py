@@ -102,7 +102,9 @@ class TransformerBlock:
 
     def __init__(self, args: ModelArgs, w: dict[str, mx.array], backend: str | None) -> None:
         self.input_layernorm = RMSNorm(w["input_layernorm.weight"], args.rms_norm_eps, backend)
-        self.post_attention_layernorm = RMSNorm(w["post_attention_layernorm.weight"], args.rms_norm_eps, backend)
+        self.post_attention_layernorm = RMSNorm(
+            w["post_attention_layernorm.weight"], args.rms_norm_eps, backend
+        )
         self.self_attn = Attention(args, _sub(w, "self_attn."), backend)
         self.mlp = MLP(_sub(w, "mlp."), backend)
 
