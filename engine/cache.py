@@ -7,6 +7,8 @@ Which feature needs which method:
 - `release()`: paged caches give their blocks back to the pool (week 3); dense caches free their buffers.
 - `attention_mask(L)`: caches whose rows hold different lengths (`BatchKVCache`, continuous batching)
   tell attention which keys each row may see; plain caches keep the causal default.
+- `kv_lengths()`: the same fact as numbers, for `kernels.flash_attention` (the fast path): how many keys
+  of the fetched (B, H_kv, S, D) are valid per row; None = all S in every row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class KVCache:
     def attention_mask(self, L: int) -> mx.array | str | None:
         """The mask for the L queries just stored: causal over the cache, None for one query."""
         return "causal" if L > 1 else None
+
+    def kv_lengths(self) -> mx.array | None:
+        """(B,) valid keys per row of the last `update_and_fetch`, or None when every row has all S."""
+        return None
 
     @property
     def can_rewind(self) -> bool:
@@ -126,6 +132,9 @@ class BatchKVCache(KVCache):
 
     def attention_mask(self, L: int) -> mx.array | None:
         return self._mask
+
+    def kv_lengths(self) -> mx.array:
+        return mx.array(self._offsets, dtype=mx.int32)  # (B,) right padding past these is ignored
 
     @property
     def nbytes(self) -> int:

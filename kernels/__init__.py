@@ -34,12 +34,15 @@ __all__ = [
     "available_backends",
     "backend_for",
     "dequantize",
+    "flash_attention",
     "linear",
     "quantize",
     "quantized_linear",
+    "rms_norm",
+    "swiglu",
 ]
 
-OPS: tuple[str, ...] = ("linear", "quantized_linear")
+OPS: tuple[str, ...] = ("linear", "quantized_linear", "flash_attention", "rms_norm", "swiglu")
 _BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
 
 _log = logging.getLogger("kernels")
@@ -77,7 +80,7 @@ def backend_for(op: str) -> str:
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; known ops: {', '.join(OPS)}")
     if mx.default_device() == mx.gpu:
-        return "ref"  # on a GPU, mlx's own matmul beats a CPU kernel; no GPU kernels of ours yet
+        return "ref"  # on a GPU, mlx's own ops beat a CPU kernel; no GPU kernels of ours yet
     return "cpu" if _cpu.load() is not None else "ref"
 
 
@@ -213,3 +216,127 @@ def quantized_linear(
     raise ValueError(
         f"quantized_linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None"
     )
+
+
+def _pick(op: str, backend: str | None, all_f32: bool) -> str:
+    """The backend an elementwise/attention op runs on: the default goes to "ref" for non-float32."""
+    if backend is None:
+        backend = backend_for(op)
+        if backend == "cpu" and not all_f32:
+            backend = "ref"  # the cpu kernels are float32-only; other dtypes keep mlx's semantics
+        if backend == "ref" and _cpu.load() is None and mx.default_device() == mx.cpu:
+            _warn_fallback_once()
+    if backend == "cpu":
+        if not all_f32:
+            raise ValueError(f"{op}: the cpu backend takes float32 only")
+        if _cpu.load() is None:
+            raise RuntimeError(f"{op}: backend 'cpu' {available_backends()['cpu']}")
+    elif backend in _BACKENDS and backend != "ref":
+        raise RuntimeError(f"{op}: backend {backend!r} {available_backends()[backend]}")
+    elif backend not in _BACKENDS:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None")
+    return backend
+
+
+def _check_attention(
+    q: mx.array, k: mx.array, v: mx.array, causal: bool, kv_lengths: mx.array | None
+) -> None:
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(a, mx.array):
+            raise ValueError(f"flash_attention: {name} must be an mx.array")
+        if a.ndim != 4:
+            raise ValueError(f"flash_attention: {name} must be 4-D, got shape {_shape(a)}")
+        if not mx.issubdtype(a.dtype, mx.floating):
+            raise ValueError(f"flash_attention: {name} must be a floating dtype, got {a.dtype}")
+    B, H, L, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"flash_attention: k {_shape(k)} and v {_shape(v)} must have the same shape")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(
+            f"flash_attention: k {_shape(k)} must be (B, H_kv, S, D) = ({B}, H_kv, S, {D}) for q {_shape(q)}"
+        )
+    H_kv, S = k.shape[1], k.shape[2]
+    if H_kv == 0 or H % H_kv:
+        raise ValueError(f"flash_attention: query heads ({H}) must be a multiple of kv heads ({H_kv})")
+    if kv_lengths is None:
+        if causal and L > S:
+            raise ValueError(
+                f"flash_attention: causal with {L} queries but only {S} keys (the queries are the last "
+                "L positions of the keys); pass kv_lengths to say otherwise"
+            )
+        return
+    if not isinstance(kv_lengths, mx.array) or kv_lengths.shape != (B,):
+        got = _shape(kv_lengths) if isinstance(kv_lengths, mx.array) else type(kv_lengths).__name__
+        raise ValueError(f"flash_attention: kv_lengths must be an mx.array of shape ({B},), got {got}")
+    if not mx.issubdtype(kv_lengths.dtype, mx.integer):
+        raise ValueError(f"flash_attention: kv_lengths must be integers, got {kv_lengths.dtype}")
+
+
+def flash_attention(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    kv_lengths: mx.array | None = None,
+    backend: str | None = None,
+) -> mx.array:
+    """softmax(q k^T * scale) v over the keys each query may see; the cpu backend never builds (L, S).
+
+    q: (B, H, L, D); k, v: (B, H_kv, S, D) with H % H_kv == 0 (grouped-query attention: query head h
+    reads kv head h // (H / H_kv)). scale: default 1/sqrt(D).
+    Which keys a query sees — one rule covers prefill, chunked prefill, decode and ragged batches:
+      kv_lengths (B,) ints in [0, S], default S for every row: row b holds kv_lengths[b] valid keys
+      (keys past that, e.g. a batch's right padding, are ignored — no mask needed). Its L queries are
+      the last L of those positions: query i sits at kv_lengths[b] - L + i and, when causal, sees
+      keys j <= that position. A query that sees no key (kv_lengths[b] < L) gets zeros.
+    Returns (B, H, L, D) in q's float dtype (cpu: float32 only; it returns a transposed view of a
+    (B, L, H, D) buffer, so `.transpose(0, 2, 1, 3).reshape(B, L, H * D)` afterwards is free).
+    backend: None = fastest available ("ref" for non-float32), "ref" = plain mx ops with the full score
+    matrix, "cpu" = the C++ kernel (online softmax over key tiles of 64, AVX-512 / AVX2 / portable).
+    Raises ValueError on bad shapes/dtypes/backends, RuntimeError if the requested backend can't run.
+    """
+    _check_attention(q, k, v, causal, kv_lengths)
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    all_f32 = q.dtype == mx.float32 and k.dtype == mx.float32 and v.dtype == mx.float32
+    backend = _pick("flash_attention", backend, all_f32)
+    if backend == "ref":
+        return ref.flash_attention(q, k, v, scale, causal, kv_lengths)
+    return _cpu.load().flash_attention(q, k, v, scale, causal, kv_lengths)
+
+
+def rms_norm(x: mx.array, w: mx.array, eps: float, *, backend: str | None = None) -> mx.array:
+    """x / sqrt(mean(x^2, last axis) + eps) * w in one pass per row (cpu: rows split over threads).
+
+    x: (..., D), w: (D,), both floating (cpu: float32). Returns (..., D).
+    Raises ValueError on bad shapes/dtypes/backends, RuntimeError if the requested backend can't run.
+    """
+    if not isinstance(x, mx.array) or not isinstance(w, mx.array):
+        raise ValueError("rms_norm: x and w must be mx.array")
+    if x.ndim < 1 or w.ndim != 1 or w.shape[0] != x.shape[-1]:
+        raise ValueError(f"rms_norm: w must be (D,) with D = x.shape[-1]; got x {_shape(x)}, w {_shape(w)}")
+    for name, a in (("x", x), ("w", w)):
+        if not mx.issubdtype(a.dtype, mx.floating):
+            raise ValueError(f"rms_norm: {name} must be a floating dtype, got {a.dtype}")
+    backend = _pick("rms_norm", backend, x.dtype == mx.float32 and w.dtype == mx.float32)
+    if backend == "ref":
+        return ref.rms_norm(x, w, eps)
+    D = x.shape[-1]
+    return _cpu.load().rms_norm(x.reshape(-1, D), w, float(eps)).reshape(x.shape)
+
+
+def swiglu(gate: mx.array, up: mx.array, *, backend: str | None = None) -> mx.array:
+    """silu(gate) * up, elementwise in one pass (cpu: multi-threaded). gate, up: one shape, floating.
+    Raises ValueError on bad shapes/dtypes/backends, RuntimeError if the requested backend can't run."""
+    if not isinstance(gate, mx.array) or not isinstance(up, mx.array):
+        raise ValueError("swiglu: gate and up must be mx.array")
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu: gate {_shape(gate)} and up {_shape(up)} must have the same shape")
+    for name, a in (("gate", gate), ("up", up)):
+        if not mx.issubdtype(a.dtype, mx.floating):
+            raise ValueError(f"swiglu: {name} must be a floating dtype, got {a.dtype}")
+    backend = _pick("swiglu", backend, gate.dtype == mx.float32 and up.dtype == mx.float32)
+    if backend == "ref":
+        return ref.swiglu(gate, up)
+    return _cpu.load().swiglu(gate, up)

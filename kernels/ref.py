@@ -25,3 +25,50 @@ def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
     from kernels.quant import dequantize
 
     return linear(x, dequantize(qw), b)
+
+
+def flash_attention(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    causal: bool = True,
+    kv_lengths: mx.array | None = None,
+) -> mx.array:
+    """softmax(q k^T * scale, over the visible keys) v, the plain way: the whole (L, S) score matrix.
+
+    q: (B, H, L, D), k, v: (B, H_kv, S, D), H % H_kv == 0 (query head h reads kv head h // (H / H_kv));
+    kv_lengths: (B,) ints in [0, S] or None (= S). Row b's query i sits at position
+    kv_lengths[b] - L + i and sees keys j < kv_lengths[b], and only j <= its position when causal.
+    A query that sees no key gets zeros. Returns (B, H, L, D).
+    """
+    B, H, L, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    G = H // H_kv
+    lengths = mx.full((B,), S, dtype=mx.int32) if kv_lengths is None else mx.clip(kv_lengths, 0, S)
+    key_pos = mx.arange(S)  # (S,)
+    visible = key_pos[None, None, :] < lengths[:, None, None]  # (B, 1, S)
+    if causal:
+        q_pos = lengths[:, None] - L + mx.arange(L)[None, :]  # (B, L)
+        visible = visible & (key_pos[None, None, :] <= q_pos[:, :, None])  # (B, L, S)
+    visible = visible[:, None, None]  # (B, 1, 1, L or 1, S): shared by all heads
+    qg = q.reshape(B, H_kv, G, L, D)  # query heads grouped by the kv head they read
+    scores = (qg * scale) @ k[:, :, None].swapaxes(-1, -2)  # (B, H_kv, G, L, S)
+    scores = mx.where(visible, scores, -mx.inf)
+    row_max = mx.max(scores, axis=-1, keepdims=True)  # -inf where a query sees no key
+    e = mx.exp(scores - mx.where(mx.isinf(row_max), 0.0, row_max))  # exp(-inf) = 0 for hidden keys
+    denom = mx.sum(e, axis=-1, keepdims=True)
+    probs = e / mx.where(denom > 0, denom, 1.0)  # rows with no visible key stay all-zero
+    out = probs @ v[:, :, None]  # (B, H_kv, G, L, D)
+    return out.reshape(B, H, L, D)
+
+
+def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
+    """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D)."""
+    inv_rms = mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
+    return (x * inv_rms) * w
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up with silu(x) = x / (1 + exp(-x)); elementwise, one shape."""
+    return gate / (1.0 + mx.exp(-gate)) * up

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
+import kernels
 from engine.cache import KVCache, make_cache
 from engine.layers import RMSNorm, RoPE, embedding, linear, scaled_dot_product_attention, swiglu_mlp
 
@@ -72,11 +73,16 @@ class Attention:
         offset = 0 if cache is None else cache.offset
         q = self.rope(q, offset)
         k = self.rope(k, offset)
-        mask = "causal" if L > 1 else None
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, S, D), S = offset + L
-            mask = cache.attention_mask(L)  # a batch of ragged rows masks each row's padding
-        out = scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)  # (B, H, L, D)
+        if be == "ref":  # the readable math (engine/layers/attention.py), as inspect shows it
+            mask = "causal" if L > 1 else None
+            if cache is not None:
+                mask = cache.attention_mask(L)  # a batch of ragged rows masks each row's padding
+            out = scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)  # (B, H, L, D)
+        else:  # the kernel: causal over each row's own keys; ragged rows give lengths, not a mask
+            lengths = None if cache is None else cache.kv_lengths()
+            out = kernels.flash_attention(q, k, v, scale=self.scale, kv_lengths=lengths, backend=be)
         out = out.transpose(0, 2, 1, 3).reshape(B, L, self.n_heads * self.head_dim)
         return linear(out, w["o_proj.weight"], None, be)
 
@@ -95,8 +101,10 @@ class TransformerBlock:
     """Pre-norm residual block: x + attn(norm(x)), then h + mlp(norm(h))."""
 
     def __init__(self, args: ModelArgs, w: dict[str, mx.array], backend: str | None) -> None:
-        self.input_layernorm = RMSNorm(w["input_layernorm.weight"], args.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(w["post_attention_layernorm.weight"], args.rms_norm_eps)
+        self.input_layernorm = RMSNorm(w["input_layernorm.weight"], args.rms_norm_eps, backend)
+        self.post_attention_layernorm = RMSNorm(
+            w["post_attention_layernorm.weight"], args.rms_norm_eps, backend
+        )
         self.self_attn = Attention(args, _sub(w, "self_attn."), backend)
         self.mlp = MLP(_sub(w, "mlp."), backend)
 
@@ -109,7 +117,9 @@ class Qwen2Model:
     def __init__(self, args: ModelArgs, weights: dict[str, mx.array], backend: str | None = None) -> None:
         """weights: sanitized HF-named float arrays; linear weights may be kernels.QuantizedWeight
         (engine/loader/quantize.py). backend: kernel backend for linear layers
-        (None = fastest available, "ref" = plain mx ops)."""
+        (None = fastest available, "ref" = plain mx ops). Attention, RMSNorm and the SwiGLU product
+        go through kernels.flash_attention / rms_norm / swiglu unless backend is "ref", which keeps the
+        readable math of engine/layers (the path inspect shows)."""
         self.args = args
         self.backend = backend
         missing = [k for k in required_weight_names(args) if k not in weights]
@@ -120,7 +130,7 @@ class Qwen2Model:
             TransformerBlock(args, _sub(weights, f"model.layers.{i}."), backend)
             for i in range(args.num_hidden_layers)
         ]
-        self.norm = RMSNorm(weights["model.norm.weight"], args.rms_norm_eps)
+        self.norm = RMSNorm(weights["model.norm.weight"], args.rms_norm_eps, backend)
         # A quantized model carries its own (quantized) head even when the embedding is tied.
         self.lm_head = weights["lm_head.weight"] if "lm_head.weight" in weights else self.embed_tokens
 

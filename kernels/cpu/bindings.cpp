@@ -9,6 +9,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "attention.h"
 #include "linear.h"
 #include "quant.h"
 
@@ -33,6 +34,25 @@ NB_MODULE(_ext, m) {
       "x"_a, "q"_a, "scales"_a, "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
       "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
       "(N, K/32); 'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64) -> (M, N) float32.");
+  m.def(
+      "flash_attention",
+      [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v, float scale,
+         bool causal, const std::optional<mlx::core::array>& kv_lengths) {
+        return tiny_llm::flash_attention(q, k, v, scale, causal, kv_lengths);
+      },
+      "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a = true, "kv_lengths"_a = nb::none(),
+      "softmax(q k^T * scale) v with an online softmax over key tiles (never (L, S) scores).\n"
+      "q: (B, H, L, D), k, v: (B, H_kv, S, D) float32; kv_lengths: (B,) int or None. Query i of row b\n"
+      "sits at position kv_lengths[b] - L + i and sees keys j < kv_lengths[b] (j <= position if causal).\n"
+      "A query that sees no key gets zeros. Returns (B, H, L, D) (a view of a (B, L, H, D) buffer).");
+  m.def(
+      "rms_norm",
+      [](const mlx::core::array& x, const mlx::core::array& w, float eps) { return tiny_llm::rms_norm(x, w, eps); },
+      "x"_a, "w"_a, "eps"_a, "x / sqrt(mean(x^2) + eps) * w. x: (M, D), w: (D,) float32 -> (M, D).");
+  m.def(
+      "swiglu",
+      [](const mlx::core::array& g, const mlx::core::array& u) { return tiny_llm::swiglu(g, u); }, "gate"_a,
+      "up"_a, "silu(gate) * up elementwise; float32, one shape.");
   m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");

@@ -1,0 +1,675 @@
+// attention.cpp — flash attention (causal, GQA, per-row key lengths) and fused rms_norm / swiglu.
+//
+// Flash attention, one task = one (batch row b, kv head hk, block of queries). The task gathers the
+// queries of all G = H / H_kv heads that share kv head hk — R = G x (queries in the block) rows —
+// so each K/V tile is read once for all of them. It walks the keys in tiles of kKeyTile:
+//   S = Qs K_tile^T (Qs pre-scaled)        scores of the tile, (R, kKeyTile)
+//   m' = max(m, rowmax S);  P = exp(S - m'); l = l e^(m - m') + rowsum P;  O = O e^(m - m') + P V_tile
+// and finally out = O / l. Keys a row may not see (past its kv length, or its future when causal)
+// get P = 0; tiles past the last visible key of the block are never read. Memory: O(R x (D + tile)).
+// Tasks are handed out heaviest first (causal: the last query blocks see the most keys).
+//
+// Rules it keeps (see also linear.cpp):
+//  * Portable build: AVX-512 code lives only in functions with __attribute__((target(...))) and runs
+//    only when the ISA in use (`active_kernels()`, the same switch as linear/quant) is avx512.
+//    avx2 = the portable loops compiled with target("avx2,fma"); generic = the same loops plain.
+//  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "kernel_table.h"
+#include "threadpool.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(TL_NO_X86)
+#include <immintrin.h>
+#define TL_X86 1
+#else
+#define TL_X86 0
+#endif
+
+namespace tiny_llm {
+
+static constexpr int64_t kKeyTile = 64;  // keys per tile (4 AVX-512 vectors of scores per row)
+static constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ------------------------------------------------------------------------------------------------
+// Tile kernels per ISA
+
+namespace isa_generic {
+#define TL_ATTR
+#define TL_NAME "generic"
+#include "attention_generic.inc"
+#undef TL_NAME
+#undef TL_ATTR
+}  // namespace isa_generic
+
+#if TL_X86
+namespace isa_avx2 {
+#define TL_ATTR __attribute__((target("avx2,fma")))
+#define TL_NAME "avx2"
+#include "attention_generic.inc"
+#undef TL_NAME
+#undef TL_ATTR
+}  // namespace isa_avx2
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace isa_avx512 {
+#define TL_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+
+TL_ATTR static inline float hsum(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE));
+  const __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+TL_ATTR static inline float hmax(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm512_castps512_ps256(_mm512_shuffle_f32x4(v, v, 0xEE));
+  const __m256 s8 = _mm256_max_ps(lo, hi);
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x, Cephes-style: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial, then scalef by 2^n.
+// Relative error ~2 ulp on [-87, 88]; x < -104 gives exactly 0, x > 100 gives +inf.
+TL_ATTR static inline __m512 vexp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(100.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The AVX-512 tile kernels; D must be a multiple of 16 (the driver sends other D to avx2/generic).
+struct Kn {
+  static constexpr const char* name = "avx512";
+
+  // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each).
+  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
+                                 int64_t kn, float* S) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = kb + j * kstride;
+      for (int64_t r = 0; r < R; ++r) {
+        const float* qr = Qs + r * D;
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
+        for (int64_t d = 16; d < D; d += 16) {
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_loadu_ps(kj + d), acc);
+        }
+        S[r * kKeyTile + j] = hsum(acc);
+      }
+    }
+  }
+
+  // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 64 keys of
+  // scores live in 16 registers while d runs (a small GEMM micro-kernel, no horizontal sums).
+  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
+                                  int64_t kn, float* S, float* Kt) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = kb + j * kstride;
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = kj[d];
+    }
+    for (int64_t j = kn; j < kKeyTile; ++j)
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = 0.0f;
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      __m512 acc[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_setzero_ps();
+      const float* q0 = Qs + r * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float* kt = Kt + d * kKeyTile;
+        const __m512 k0 = _mm512_loadu_ps(kt), k1 = _mm512_loadu_ps(kt + 16);
+        const __m512 k2 = _mm512_loadu_ps(kt + 32), k3 = _mm512_loadu_ps(kt + 48);
+        for (int i = 0; i < 4; ++i) {
+          const __m512 qv = _mm512_set1_ps(q0[i * D + d]);
+          acc[i][0] = _mm512_fmadd_ps(qv, k0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(qv, k1, acc[i][1]);
+          acc[i][2] = _mm512_fmadd_ps(qv, k2, acc[i][2]);
+          acc[i][3] = _mm512_fmadd_ps(qv, k3, acc[i][3]);
+        }
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + (r + i) * kKeyTile + 16 * c, acc[i][c]);
+    }
+    for (; r < R; ++r) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      const float* qr = Qs + r * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const __m512 qv = _mm512_set1_ps(qr[d]);
+        for (int c = 0; c < 4; ++c) acc[c] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(Kt + d * kKeyTile + 16 * c), acc[c]);
+      }
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(S + r * kKeyTile + 16 * c, acc[c]);
+    }
+  }
+
+  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
+                             int64_t kn, float* S, float* Kt) {
+    if (R < 16) {
+      scores_dot(Qs, R, D, kb, kstride, kn, S);
+    } else {
+      scores_gemm(Qs, R, D, kb, kstride, kn, S, Kt);
+    }
+  }
+
+  TL_ATTR static float row_max(const float* s, int64_t n) {
+    __m512 m = _mm512_set1_ps(kNegInf);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
+    if (j < n) {
+      const __mmask16 k = static_cast<__mmask16>((1u << (n - j)) - 1u);
+      m = _mm512_max_ps(m, _mm512_mask_loadu_ps(_mm512_set1_ps(kNegInf), k, s + j));
+    }
+    return hmax(m);
+  }
+
+  TL_ATTR static float exp_row(float* s, int64_t vis, int64_t kn, float m) {
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kn; j += 16) {
+      const int64_t left = vis - j;
+      const __mmask16 k = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                          : left <= 0 ? static_cast<__mmask16>(0)
+                                      : static_cast<__mmask16>((1u << left) - 1u);
+      const __m512 e = _mm512_maskz_mov_ps(k, vexp(_mm512_sub_ps(_mm512_loadu_ps(s + j), mv)));
+      _mm512_storeu_ps(s + j, e);  // the S buffer has kKeyTile columns, so a full store is in bounds
+      sum = _mm512_add_ps(sum, e);
+    }
+    return hsum(sum);
+  }
+
+  // O[r] += sum_j P[r, j] v_j, two rows at a time sharing the v loads, D in chunks of 64.
+  template <int CN>
+  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride,
+                               int64_t D, float* O, int64_t c0) {
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      float* o0 = O + r * D + c0;
+      float* o1 = o0 + D;
+      const float* p0 = P + r * kKeyTile;
+      const float* p1 = p0 + kKeyTile;
+      __m512 a0[CN], a1[CN];
+      for (int c = 0; c < CN; ++c) {
+        a0[c] = _mm512_loadu_ps(o0 + 16 * c);
+        a1[c] = _mm512_loadu_ps(o1 + 16 * c);
+      }
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vb + j * vstride + c0;
+        const __m512 w0 = _mm512_set1_ps(p0[j]), w1 = _mm512_set1_ps(p1[j]);
+        for (int c = 0; c < CN; ++c) {
+          const __m512 vv = _mm512_loadu_ps(vj + 16 * c);
+          a0[c] = _mm512_fmadd_ps(w0, vv, a0[c]);
+          a1[c] = _mm512_fmadd_ps(w1, vv, a1[c]);
+        }
+      }
+      for (int c = 0; c < CN; ++c) {
+        _mm512_storeu_ps(o0 + 16 * c, a0[c]);
+        _mm512_storeu_ps(o1 + 16 * c, a1[c]);
+      }
+    }
+    for (; r < R; ++r) {
+      float* o0 = O + r * D + c0;
+      const float* p0 = P + r * kKeyTile;
+      __m512 a0[CN];
+      for (int c = 0; c < CN; ++c) a0[c] = _mm512_loadu_ps(o0 + 16 * c);
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vb + j * vstride + c0;
+        const __m512 w0 = _mm512_set1_ps(p0[j]);
+        for (int c = 0; c < CN; ++c) a0[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(vj + 16 * c), a0[c]);
+      }
+      for (int c = 0; c < CN; ++c) _mm512_storeu_ps(o0 + 16 * c, a0[c]);
+    }
+  }
+
+  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride, int64_t D,
+                         float* O) {
+    for (int64_t c0 = 0; c0 < D; c0 += 64) {
+      switch ((std::min<int64_t>(64, D - c0)) / 16) {
+        case 4: pv_chunk<4>(P, R, kn, vb, vstride, D, O, c0); break;
+        case 3: pv_chunk<3>(P, R, kn, vb, vstride, D, O, c0); break;
+        case 2: pv_chunk<2>(P, R, kn, vb, vstride, D, O, c0); break;
+        default: pv_chunk<1>(P, R, kn, vb, vstride, D, O, c0); break;
+      }
+    }
+  }
+
+  TL_ATTR static void rms_norm_row(const float* x, const float* w, float* y, int64_t D, float eps) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+      const __m512 v = _mm512_loadu_ps(x + d);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const __mmask16 tail = static_cast<__mmask16>((1u << (D - d)) - 1u);
+    if (d < D) {
+      const __m512 v = _mm512_maskz_loadu_ps(tail, x + d);
+      acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const float inv = 1.0f / std::sqrt(hsum(acc) / static_cast<float>(D) + eps);
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (d = 0; d + 16 <= D; d += 16) {
+      _mm512_storeu_ps(y + d, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + d), iv), _mm512_loadu_ps(w + d)));
+    }
+    if (d < D) {
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, x + d), iv),
+                                     _mm512_maskz_loadu_ps(tail, w + d));
+      _mm512_mask_storeu_ps(y + d, tail, v);
+    }
+  }
+
+  TL_ATTR static void swiglu(const float* g, const float* u, float* y, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512 gv = _mm512_loadu_ps(g + i);
+      const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, vexp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+      _mm512_storeu_ps(y + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    if (i < n) {
+      const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1u);
+      const __m512 gv = _mm512_maskz_loadu_ps(k, g + i);
+      const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(one, vexp(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+      _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(k, u + i)));
+    }
+  }
+};
+#undef TL_ATTR
+}  // namespace isa_avx512
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // TL_X86
+
+// ------------------------------------------------------------------------------------------------
+// Flash attention driver
+
+struct AttnArgs {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;  // (B, L, H, D) contiguous
+  int64_t B, H, Hkv, L, S, D;
+  int64_t qs[3], ks[3], vs[3];  // element strides of axes (batch, head, position); the last axis is 1
+  const int32_t* kv_len;        // (B,) or null (= S)
+  float scale;
+  bool causal;
+  int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
+};
+
+template <class K>
+static void attn_task(const AttnArgs& a, int64_t task) {
+  const int64_t G = a.H / a.Hkv, D = a.D, L = a.L;
+  const int64_t qb = a.n_qb - 1 - task / (a.B * a.Hkv);  // heaviest (last) query blocks first
+  const int64_t bh = task % (a.B * a.Hkv);
+  const int64_t b = bh / a.Hkv, hk = bh % a.Hkv;
+  const int64_t i0 = qb * a.QB, i1 = std::min(L, i0 + a.QB), nq = i1 - i0, R = G * nq;
+  const int64_t kvl = a.kv_len ? std::clamp<int64_t>(a.kv_len[b], 0, a.S) : a.S;
+
+  thread_local std::vector<float> buf;
+  const size_t need = static_cast<size_t>(2 * R * D + R * kKeyTile + 2 * R + D * kKeyTile);
+  if (buf.size() < need) buf.resize(need);
+  float* Qs = buf.data();        // (R, D) scaled queries
+  float* O = Qs + R * D;         // (R, D) running numerators
+  float* Sb = O + R * D;         // (R, kKeyTile) scores, then probabilities
+  float* m = Sb + R * kKeyTile;  // (R,) running max
+  float* l = m + R;              // (R,) running sum
+  float* Kt = l + R;             // (D, kKeyTile) transposed key tile (gemm scores)
+  thread_local std::vector<int64_t> kend_buf;
+  if (static_cast<int64_t>(kend_buf.size()) < R) kend_buf.resize(R);
+  int64_t* kend = kend_buf.data();  // (R,) keys [0, kend) are visible to row r
+
+  int64_t kmax = 0;
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t h = hk * G + g;
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t r = g * nq + i;
+      const float* src = a.q + b * a.qs[0] + h * a.qs[1] + (i0 + i) * a.qs[2];
+      for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = src[d] * a.scale;
+      const int64_t e = a.causal ? std::min(kvl, kvl - L + (i0 + i) + 1) : kvl;
+      kend[r] = std::max<int64_t>(e, 0);
+      kmax = std::max(kmax, kend[r]);
+      m[r] = kNegInf;
+      l[r] = 0.0f;
+    }
+  }
+  std::fill(O, O + R * D, 0.0f);
+
+  const float* kb = a.k + b * a.ks[0] + hk * a.ks[1];
+  const float* vb = a.v + b * a.vs[0] + hk * a.vs[1];
+  for (int64_t t0 = 0; t0 < kmax; t0 += kKeyTile) {
+    const int64_t kn = std::min(kKeyTile, kmax - t0);
+    K::scores(Qs, R, D, kb + t0 * a.ks[2], a.ks[2], kn, Sb, Kt);
+    for (int64_t r = 0; r < R; ++r) {
+      float* s = Sb + r * kKeyTile;
+      const int64_t vis = std::min(kn, kend[r] - t0);
+      if (vis <= 0) {
+        std::fill(s, s + kn, 0.0f);
+        continue;
+      }
+      const float m_new = std::max(m[r], K::row_max(s, vis));
+      const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+      l[r] = l[r] * alpha + K::exp_row(s, vis, kn, m_new);
+      m[r] = m_new;
+      if (alpha != 1.0f) {
+        float* o = O + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+      }
+    }
+    K::pv(Sb, R, kn, vb + t0 * a.vs[2], a.vs[2], D, O);
+  }
+
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t h = hk * G + g;
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t r = g * nq + i;
+      float* dst = a.out + (((b * L) + i0 + i) * a.H + h) * D;
+      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      for (int64_t d = 0; d < D; ++d) dst[d] = O[r * D + d] * inv;
+    }
+  }
+}
+
+using AttnTaskFn = void (*)(const AttnArgs&, int64_t);
+using RmsRowFn = void (*)(const float*, const float*, float*, int64_t, float);
+using SwigluFn = void (*)(const float*, const float*, float*, int64_t);
+
+struct FusedTable {
+  const char* name;
+  AttnTaskFn attn;
+  RmsRowFn rms;
+  SwigluFn swiglu;
+};
+
+template <class K>
+static FusedTable make_table() {
+  return {K::name, &attn_task<K>, &K::rms_norm_row, &K::swiglu};
+}
+
+// The tile kernels of the ISA linear/quant use (set_isa switches all of them); AVX-512 needs
+// D % 16 == 0 for attention (other D run the avx2 loops).
+static FusedTable fused_table(bool attn_d_ok) {
+#if TL_X86
+  const char* isa = active_kernels().name;
+  if (std::strcmp(isa, "avx512") == 0) {
+    if (attn_d_ok) return make_table<isa_avx512::Kn>();
+    FusedTable t = make_table<isa_avx2::Kn>();
+    t.rms = &isa_avx512::Kn::rms_norm_row;
+    t.swiglu = &isa_avx512::Kn::swiglu;
+    return t;
+  }
+  if (std::strcmp(isa, "avx2") == 0) return make_table<isa_avx2::Kn>();
+#else
+  (void)attn_d_ok;
+#endif
+  return make_table<isa_generic::Kn>();
+}
+
+static void flash_attention_f32(AttnArgs a) {
+  if (a.B == 0 || a.H == 0 || a.L == 0 || a.D == 0) return;
+  const int64_t G = a.H / a.Hkv;
+  // ~64 rows per task: enough to amortize a key tile, small enough for L1 and for many tasks.
+  a.QB = std::clamp<int64_t>(64 / G, 1, a.L);
+  a.n_qb = (a.L + a.QB - 1) / a.QB;
+  const FusedTable t = fused_table(a.D % 16 == 0);
+  const int64_t n_tasks = a.B * a.Hkv * a.n_qb;
+  const double work = double(a.B) * a.H * a.L * double(a.S) * a.D;
+  const int max_threads = work < 1.0e5 ? 1 : 0;
+  ThreadPool::global().parallel_for(n_tasks, [&](int64_t task) { t.attn(a, task); }, max_threads);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Ops
+
+static std::string shape_str(const mx::array& a) {
+  std::string out = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                          bool causal, const std::optional<mx::array>& kv_lengths, mx::StreamOrDevice s) {
+  const std::string fa = "flash_attention: ";
+  if (q.ndim() != 4) throw std::invalid_argument(fa + "q must be (B, H, L, D), got " + shape_str(q));
+  if (k.ndim() != 4) throw std::invalid_argument(fa + "k must be (B, H_kv, S, D), got " + shape_str(k));
+  if (k.shape() != v.shape()) {
+    throw std::invalid_argument(fa + "k " + shape_str(k) + " and v " + shape_str(v) + " must have one shape");
+  }
+  const int B = q.shape(0), H = q.shape(1), L = q.shape(2), D = q.shape(3);
+  const int Hkv = k.shape(1);
+  if (k.shape(0) != B || k.shape(3) != D) {
+    throw std::invalid_argument(fa + "k " + shape_str(k) + " does not match q " + shape_str(q));
+  }
+  if (Hkv <= 0 || H % Hkv != 0) {
+    throw std::invalid_argument(fa + "query heads (" + std::to_string(H) + ") must be a multiple of kv heads (" +
+                                std::to_string(Hkv) + ")");
+  }
+  for (const mx::array* a : {&q, &k, &v}) {
+    if (a->dtype() != mx::float32) throw std::invalid_argument(fa + "q, k, v must be float32");
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  std::vector<mx::array> inputs = {q, k, v};
+  if (kv_lengths) {
+    if (kv_lengths->ndim() != 1 || kv_lengths->shape(0) != B) {
+      throw std::invalid_argument(fa + "kv_lengths must be (B,) = (" + std::to_string(B) + ",), got " +
+                                  shape_str(*kv_lengths));
+    }
+    if (!mx::issubdtype(kv_lengths->dtype(), mx::integer)) {
+      throw std::invalid_argument(fa + "kv_lengths must be an integer array");
+    }
+    inputs.push_back(mx::contiguous(mx::astype(*kv_lengths, mx::int32, st), false, st));
+  }
+  mx::array out(mx::Shape{B, L, H, D}, mx::float32,
+                std::make_shared<FlashAttention>(st, scale, causal, kv_lengths.has_value()), std::move(inputs));
+  return mx::transpose(out, {0, 2, 1, 3}, st);  // (B, H, L, D) view of the (B, L, H, D) buffer
+}
+
+// A float32 4-D input whose last axis is contiguous, as (pointer, strides of the first three axes).
+// Anything else (a transposed last axis) is copied into `scratch` first.
+static const float* strided_view(const mx::array& a, int64_t st[3], std::vector<float>& scratch) {
+  const auto& sh = a.shape();
+  const auto& s = a.strides();
+  if (s[3] == 1 || sh[3] == 1) {
+    for (int i = 0; i < 3; ++i) st[i] = s[i];
+    return a.data<float>();
+  }
+  const int64_t n = int64_t(sh[0]) * sh[1] * sh[2] * sh[3];
+  scratch.resize(n);
+  const float* src = a.data<float>();
+  int64_t o = 0;
+  for (int64_t i0 = 0; i0 < sh[0]; ++i0)
+    for (int64_t i1 = 0; i1 < sh[1]; ++i1)
+      for (int64_t i2 = 0; i2 < sh[2]; ++i2)
+        for (int64_t i3 = 0; i3 < sh[3]; ++i3) scratch[o++] = src[i0 * s[0] + i1 * s[1] + i2 * s[2] + i3 * s[3]];
+  st[0] = int64_t(sh[1]) * sh[2] * sh[3];
+  st[1] = int64_t(sh[2]) * sh[3];
+  st[2] = sh[3];
+  return scratch.data();
+}
+
+void FlashAttention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  AttnArgs a{};
+  a.B = q.shape(0);
+  a.H = q.shape(1);
+  a.L = q.shape(2);
+  a.D = q.shape(3);
+  a.Hkv = k.shape(1);
+  a.S = k.shape(2);
+  a.out = out.data<float>();
+  a.kv_len = has_lengths_ ? inputs[3].data<int32_t>() : nullptr;
+  a.scale = scale_;
+  a.causal = causal_;
+  // Strides are read here (the inputs are evaluated); the rare copies happen inside the task.
+  a.q = q.data<float>();
+  a.k = k.data<float>();
+  a.v = v.data<float>();
+  const bool copy = (q.strides()[3] != 1 && q.shape(3) != 1) || (k.strides()[3] != 1 && k.shape(3) != 1) ||
+                    (v.strides()[3] != 1 && v.shape(3) != 1);
+  if (!copy) {
+    for (int i = 0; i < 3; ++i) {
+      a.qs[i] = q.strides()[i];
+      a.ks[i] = k.strides()[i];
+      a.vs[i] = v.strides()[i];
+    }
+    enc.dispatch([a]() { flash_attention_f32(a); });
+    return;
+  }
+  enc.dispatch([a, q, k, v]() mutable {
+    std::vector<float> qb, kb, vb;
+    a.q = strided_view(q, a.qs, qb);
+    a.k = strided_view(k, a.ks, kb);
+    a.v = strided_view(v, a.vs, vb);
+    flash_attention_f32(a);
+  });
+}
+
+void FlashAttention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMFlashAttention has no GPU implementation; run it on the cpu stream");
+}
+
+bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const FlashAttention*>(&other);
+  return o != nullptr && o->scale_ == scale_ && o->causal_ == causal_ && o->has_lengths_ == has_lengths_;
+}
+
+std::vector<mx::Shape> FlashAttention::output_shapes(const std::vector<mx::array>& inputs) {
+  const auto& q = inputs[0];
+  return {mx::Shape{q.shape(0), q.shape(2), q.shape(1), q.shape(3)}};
+}
+
+// ---- rms_norm
+
+mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::StreamOrDevice s) {
+  if (x.ndim() != 2) throw std::invalid_argument("rms_norm: x must be 2-D (M, D), got " + shape_str(x));
+  if (w.ndim() != 1 || w.shape(0) != x.shape(1)) {
+    throw std::invalid_argument("rms_norm: w must be (D,) = (" + std::to_string(x.shape(1)) + ",), got " +
+                                shape_str(w));
+  }
+  if (x.dtype() != mx::float32 || w.dtype() != mx::float32) {
+    throw std::invalid_argument("rms_norm: x and w must be float32");
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  return mx::array(x.shape(), mx::float32, std::make_shared<RMSNorm>(st, eps),
+                   {mx::contiguous(x, false, st), mx::contiguous(w, false, st)});
+}
+
+void RMSNorm::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  const float* xp = inputs[0].data<float>();
+  const float* wp = inputs[1].data<float>();
+  float* yp = out.data<float>();
+  const int64_t M = inputs[0].shape(0), D = inputs[0].shape(1);
+  const float eps = eps_;
+  enc.dispatch([=]() {
+    const RmsRowFn row = fused_table(true).rms;
+    const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));  // ~64 KB per task
+    const int64_t n_tasks = (M + rows - 1) / rows;
+    ThreadPool::global().parallel_for(
+        n_tasks,
+        [&](int64_t t) {
+          for (int64_t r = t * rows; r < std::min(M, (t + 1) * rows); ++r) row(xp + r * D, wp, yp + r * D, D, eps);
+        },
+        n_tasks < 2 ? 1 : 0);
+  });
+}
+
+void RMSNorm::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMRMSNorm has no GPU implementation; run it on the cpu stream");
+}
+
+bool RMSNorm::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const RMSNorm*>(&other);
+  return o != nullptr && o->eps_ == eps_;
+}
+
+std::vector<mx::Shape> RMSNorm::output_shapes(const std::vector<mx::array>& inputs) {
+  return {inputs[0].shape()};
+}
+
+// ---- swiglu
+
+mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s) {
+  if (gate.shape() != up.shape()) {
+    throw std::invalid_argument("swiglu: gate " + shape_str(gate) + " and up " + shape_str(up) +
+                                " must have one shape");
+  }
+  if (gate.dtype() != mx::float32 || up.dtype() != mx::float32) {
+    throw std::invalid_argument("swiglu: gate and up must be float32");
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  return mx::array(gate.shape(), mx::float32, std::make_shared<SwiGLU>(st),
+                   {mx::contiguous(gate, false, st), mx::contiguous(up, false, st)});
+}
+
+void SwiGLU::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  const float* gp = inputs[0].data<float>();
+  const float* up = inputs[1].data<float>();
+  float* yp = out.data<float>();
+  const int64_t n = inputs[0].size();
+  enc.dispatch([=]() {
+    const SwigluFn fn = fused_table(true).swiglu;
+    constexpr int64_t chunk = 16384;  // 64 KB of output per task
+    const int64_t n_tasks = (n + chunk - 1) / chunk;
+    ThreadPool::global().parallel_for(
+        n_tasks,
+        [&](int64_t t) {
+          const int64_t i0 = t * chunk;
+          fn(gp + i0, up + i0, yp + i0, std::min(chunk, n - i0));
+        },
+        n_tasks < 2 ? 1 : 0);
+  });
+}
+
+void SwiGLU::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMSwiGLU has no GPU implementation; run it on the cpu stream");
+}
+
+bool SwiGLU::is_equivalent(const mx::Primitive& other) const {
+  return dynamic_cast<const SwiGLU*>(&other) != nullptr;
+}
+
+std::vector<mx::Shape> SwiGLU::output_shapes(const std::vector<mx::array>& inputs) {
+  return {inputs[0].shape()};
+}
+
+}  // namespace tiny_llm

@@ -1,0 +1,79 @@
+// attention.h — flash attention and the fused elementwise ops (rms_norm, swiglu) of the CPU extension.
+//
+// Rules it keeps:
+//  * The ops validate shapes and dtypes and throw std::invalid_argument (a Python ValueError) before
+//    building the graph node; the Primitives only ever see valid float32 inputs.
+//  * flash_attention never materializes the (L, S) score matrix: it walks the keys in tiles of
+//    kKeyTile with an online softmax, so its scratch memory is O(rows x (D + tile)) per thread.
+//  * It reads q, k and v through their strides (only the last axis must be contiguous), so a cache
+//    buffer sliced to its filled length is not copied; the output is written (B, L, H, D) and handed
+//    back as a transposed (B, H, L, D) view, so the usual `.transpose(0, 2, 1, 3).reshape(...)` after
+//    attention is free.
+//  * Primitives run on the CPU stream only; eval_gpu throws. All threading is tiny_llm::ThreadPool.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "mlx/array.h"
+#include "mlx/primitives.h"
+#include "mlx/utils.h"
+
+namespace tiny_llm {
+
+namespace mx = mlx::core;
+
+// softmax(q k^T * scale + mask) v. q: (B, H, L, D), k, v: (B, H_kv, S, D) float32, H % H_kv == 0;
+// kv_lengths: (B,) integer or none (= S for every row). Row b's query i sits at position
+// kv_lengths[b] - L + i and sees keys j < kv_lengths[b] (and j <= its position when causal).
+// A query that sees no key gets zeros. Returns (B, H, L, D) float32.
+mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                          bool causal, const std::optional<mx::array>& kv_lengths,
+                          mx::StreamOrDevice s = {});
+
+// x / sqrt(mean(x^2) + eps) * w over the last axis. x: (M, D), w: (D,) float32 -> (M, D).
+mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::StreamOrDevice s = {});
+
+// silu(gate) * up, elementwise. gate, up: same shape, float32.
+mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s = {});
+
+class FlashAttention : public mx::Primitive {
+ public:
+  FlashAttention(mx::Stream stream, float scale, bool causal, bool has_lengths)
+      : mx::Primitive(stream), scale_(scale), causal_(causal), has_lengths_(has_lengths) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TinyLLMFlashAttention"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  float scale_;
+  bool causal_;
+  bool has_lengths_;
+};
+
+class RMSNorm : public mx::Primitive {
+ public:
+  RMSNorm(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TinyLLMRMSNorm"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  float eps_;
+};
+
+class SwiGLU : public mx::Primitive {
+ public:
+  explicit SwiGLU(mx::Stream stream) : mx::Primitive(stream) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TinyLLMSwiGLU"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+};
+
+}  // namespace tiny_llm

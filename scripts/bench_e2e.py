@@ -1,0 +1,161 @@
+"""End-to-end speed of the real model plus a per-op-category profile of one decode step.
+
+Run: `python scripts/bench_e2e.py [--quant q8_0] [--reps 3] [--no-profile]`.
+
+Prints prefill tok/s for 128 and 512 prompt tokens (fresh cache, logits of the last position only, as
+`generate` does), decode tok/s over 64 greedy steps after a ~512-token prompt, best of `--reps`.
+
+The profile splits a decode step (B=1, L=1, S cached tokens) into op categories by timing each category
+alone with the real shapes and the model's own weights: the 24 layers' linears (+ lm_head), attention
+(the core softmax(qk^T)v over the cache), RMSNorm, RoPE and the SwiGLU elementwise product. Each
+category is one lazy graph of all its ops in a step, evaluated once, so the times add up to roughly a
+step (residual adds, reshapes and the cache append are the rest). The CPU is shared: best-of-N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import mlx.core as mx
+
+from engine.layers import RMSNorm
+from engine.loader import load_model
+
+
+def best(fn, reps: int) -> float:
+    fn()
+    out = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t0)
+    return out
+
+
+def prefill_tps(model, L: int, reps: int) -> float:
+    ids = mx.array([[(i * 7919) % 20000 + 100 for i in range(L)]])  # (1, L)
+
+    def run() -> None:
+        cache = model.make_cache()
+        mx.eval(model(ids, cache, last_only=True))
+
+    return L / best(run, reps)
+
+
+def decode_tps(model, prompt: int, steps: int, reps: int) -> float:
+    """Greedy decode steps after a `prompt`-token prefill; only the steps are timed, best of reps."""
+    ids = mx.array([[(i * 7919) % 20000 + 100 for i in range(prompt)]])
+    times = []
+    for _ in range(reps):
+        cache = model.make_cache()
+        tok = mx.argmax(model(ids, cache, last_only=True)[:, -1], axis=-1)
+        mx.eval(tok)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tok = mx.argmax(model(tok[:, None], cache, last_only=True)[:, -1], axis=-1)
+            mx.eval(tok)
+        times.append(time.perf_counter() - t0)
+    return steps / min(times)
+
+
+def profile_decode(model, S: int, reps: int) -> dict[str, float]:
+    """ms per decode step spent in each op category, each timed alone (see module docstring)."""
+    import kernels
+    from engine.layers import linear, scaled_dot_product_attention
+    from engine.layers.mlp import silu
+
+    a = model.args
+    H, Hkv, D, F, E = (
+        a.num_attention_heads,
+        a.num_key_value_heads,
+        a.head_dim,
+        a.intermediate_size,
+        a.hidden_size,
+    )
+    key = mx.random.key(0)
+    x = mx.random.normal((1, 1, E), key=key)
+    q = mx.random.normal((1, H, 1, D), key=key)
+    k = mx.random.normal((1, Hkv, S, D), key=key)
+    v = mx.random.normal((1, Hkv, S, D), key=key)
+    g = mx.random.normal((1, 1, F), key=key)
+    u = mx.random.normal((1, 1, F), key=key)
+    mx.eval(x, q, k, v, g, u)
+    layers = model.layers
+    has_kernels = "flash_attention" in kernels.OPS  # False on a checkout from before these kernels
+    fast = has_kernels and model.backend != "ref" and kernels.backend_for("flash_attention") != "ref"
+
+    def linears() -> None:
+        outs = []
+        for blk in layers:
+            w = blk.self_attn.w
+            outs += [linear(x, w[f"{n}_proj.weight"], w[f"{n}_proj.bias"], model.backend) for n in "qkv"]
+            outs.append(linear(x, w["o_proj.weight"], None, model.backend))
+            m = blk.mlp.w
+            outs += [linear(x, m[f"{n}_proj.weight"], None, model.backend) for n in ("gate", "up")]
+            outs.append(linear(g, m["down_proj.weight"], None, model.backend))
+        outs.append(model.logits(x))
+        mx.eval(outs)
+
+    def attention() -> None:
+        if fast:
+            outs = [kernels.flash_attention(q, k, v, scale=D**-0.5) for _ in layers]
+        else:
+            outs = [scaled_dot_product_attention(q, k, v, scale=D**-0.5) for _ in layers]
+        mx.eval(outs)
+
+    def norms() -> None:
+        outs = []
+        for blk in layers:
+            outs += [blk.input_layernorm(x), blk.post_attention_layernorm(x)]
+        outs.append(model.norm(x))
+        mx.eval(outs)
+
+    def ropes() -> None:
+        kq = q[:, :, :, :]
+        kk = k[:, :, :1, :]
+        outs = []
+        for blk in layers:
+            outs += [blk.self_attn.rope(kq, S), blk.self_attn.rope(kk, S)]
+        mx.eval(outs)
+
+    def swiglus() -> None:
+        if fast and hasattr(kernels, "swiglu"):
+            outs = [kernels.swiglu(g, u) for _ in layers]
+        else:
+            outs = [silu(g) * u for _ in layers]
+        mx.eval(outs)
+
+    _ = RMSNorm  # the norms above are the model's own RMSNorm objects (fast path if it has one)
+    return {
+        name: 1e3 * best(fn, reps)
+        for name, fn in (("linear", linears), ("attention", attention), ("rms_norm", norms),
+                         ("rope", ropes), ("swiglu", swiglus))
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quant", default="q8_0")
+    p.add_argument("--backend", default=None)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--no-e2e", action="store_true")
+    args = p.parse_args()
+    lm = load_model("qwen2.5-coder-0.5b", quant=args.quant, backend=args.backend, quiet=True)
+    model = lm.model
+    if not args.no_profile:
+        for S in (64, 512):
+            prof = profile_decode(model, S, args.reps * 3)
+            total = sum(prof.values())
+            row = "  ".join(f"{k} {v:6.2f}" for k, v in prof.items())
+            print(f"decode-step profile, S={S:4d} (ms): {row}  | sum {total:.1f}", flush=True)
+    if not args.no_e2e:
+        for L in (128, 512):
+            print(f"prefill {L:4d} tokens: {prefill_tps(model, L, args.reps):7.1f} tok/s", flush=True)
+        tps = decode_tps(model, 512, 64, args.reps)
+        print(f"decode (512-token prompt, 64 steps): {tps:6.2f} tok/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
