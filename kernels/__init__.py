@@ -39,10 +39,11 @@ __all__ = [
     "quantize",
     "quantized_linear",
     "rms_norm",
+    "rope",
     "swiglu",
 ]
 
-OPS: tuple[str, ...] = ("linear", "quantized_linear", "flash_attention", "rms_norm", "swiglu")
+OPS: tuple[str, ...] = ("linear", "quantized_linear", "flash_attention", "rms_norm", "rope", "swiglu")
 _BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
 
 _log = logging.getLogger("kernels")
@@ -189,7 +190,8 @@ def quantized_linear(
 ) -> mx.array:
     """y = x @ dequantize(qw).T (+ b) without materialising the float weights (cpu backend).
 
-    x: (..., K) float32; qw: QuantizedWeight (N, K) in format "q8_0" or "affine4" (kernels/quant.py);
+    x: (..., K) float32; qw: QuantizedWeight (N, K) in format "q8_0", "q5_0" or "affine4"
+    (kernels/quant.py; q8_0 and q5_0 round x to Q8_0 blocks first, in every backend);
     b: (N,) float32 or None. Returns (..., N) float32. backend: None = fastest available,
     "ref" = dequantize with plain mx ops then matmul, "cpu" = the C++ extension.
     Raises ValueError on bad shapes/dtypes/formats/backend names, RuntimeError if the requested
@@ -209,7 +211,7 @@ def quantized_linear(
         N, K = qw.shape
         lead = x.shape[:-1]
         M = math.prod(lead)
-        y = ext.quantized_linear(x.reshape(M, K), qw.q, qw.scales, qw.biases, b, qw.format)  # (M, N)
+        y = ext.quantized_linear(x.reshape(M, K), qw.q, qw.scales, qw.biases, b, qw.format, qw.high)  # (M, N)
         return y.reshape(*lead, N)  # (..., N)
     if backend in _BACKENDS:
         raise RuntimeError(f"quantized_linear: backend {backend!r} {available_backends()[backend]}")
@@ -340,3 +342,33 @@ def swiglu(gate: mx.array, up: mx.array, *, backend: str | None = None) -> mx.ar
     if backend == "ref":
         return ref.swiglu(gate, up)
     return _cpu.load().swiglu(gate, up)
+
+
+def rope(
+    x: mx.array, inv_freq: mx.array, offset: int | mx.array = 0, *, backend: str | None = None
+) -> mx.array:
+    """Rotate-half RoPE (Qwen2's layout) fused with the transpose into attention layout.
+
+    x: (B, L, H, D) floating (a projection's output reshaped into heads); inv_freq: (D/2,) frequencies
+    base^(-2i/D); offset: int, or (B,) ints for per-row offsets (continuous batching). The position of
+    (b, l) is offset (+ offset[b]) + l; pair (i, i + D/2) rotates by position * inv_freq[i].
+    Returns (B, H, L, D) (cpu: one pass, angles computed once per position and shared by the heads).
+    Raises ValueError on bad shapes/dtypes/backends, RuntimeError if the requested backend can't run.
+    """
+    if not isinstance(x, mx.array) or not isinstance(inv_freq, mx.array):
+        raise ValueError("rope: x and inv_freq must be mx.array")
+    if x.ndim != 4 or x.shape[-1] % 2:
+        raise ValueError(f"rope: x must be (B, L, H, D) with an even D, got {_shape(x)}")
+    if inv_freq.ndim != 1 or inv_freq.shape[0] != x.shape[-1] // 2:
+        raise ValueError(f"rope: inv_freq must be (D/2,) = ({x.shape[-1] // 2},), got {_shape(inv_freq)}")
+    per_row = isinstance(offset, mx.array)
+    if per_row and (offset.ndim != 1 or offset.shape[0] != x.shape[0]):
+        raise ValueError(f"rope: per-row offsets must be (B,) = ({x.shape[0]},), got {_shape(offset)}")
+    if not per_row and not isinstance(offset, int):
+        raise ValueError(f"rope: offset must be an int or a (B,) mx.array, got {type(offset).__name__}")
+    backend = _pick("rope", backend, x.dtype == mx.float32 and inv_freq.dtype == mx.float32)
+    if backend == "ref":
+        return ref.rope(x, inv_freq, offset)
+    if per_row:
+        return _cpu.load().rope(x, inv_freq, 0, offset)
+    return _cpu.load().rope(x, inv_freq, offset)

@@ -4,6 +4,13 @@ Formats (w is a float matrix (N, K), the PyTorch/HF (out, in) layout):
   "q8_0"     GGML's Q8_0 with the two parts stored as separate arrays: per block of 32 along K,
              d = max|w| / 127 (stored float16) and q = round(w / d) in int8 [-127, 127]; w ≈ d * q.
              1.0625 bytes per weight. Rounding is half away from zero, exactly like ggml/gguf.
+  "q5_0"     GGML's Q5_0 (the format most of the Qwen2.5 GGUFs' matrices ship in), as three arrays:
+             per block of 32 along K, d (float16) and 5-bit q in [0, 31], w = d * (q - 16). q's low
+             four bits are packed two per byte in `q` (uint8 (N, K/2); byte j of a block holds value j
+             in its low nibble and value j + 16 in its high nibble, as in the GGUF), the fifth bits in
+             `high` (uint32 (N, K/32), bit i = value i's). 0.6875 bytes per weight. The loader takes
+             these blocks straight from the GGUF (exact); `quantize` implements ggml's
+             quantize_row_q5_0 for other weights and tests.
   "affine4"  MLX's `mx.quantize(w, group_size=64, bits=4)` layout: per group of 64 along K,
              w ≈ scale * q + bias with q in [0, 15]; q packed 8 per uint32 (value i of a word at
              bits 4i..4i+3), scale and bias stored float16. 0.5625 bytes per weight.
@@ -11,6 +18,8 @@ Formats (w is a float matrix (N, K), the PyTorch/HF (out, in) layout):
 Rules it keeps:
 - `QuantizedWeight` is frozen and carries its own format and float shape; the kernels validate it.
 - `dequantize` is the definition every kernel is tested against (kernels.ref.quantized_linear uses it).
+- q8_0 and q5_0 weights multiply activations rounded to Q8_0 blocks (`round_activations_q8`), in
+  the reference and in every kernel; affine4 multiplies float32 activations.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 # format -> number of consecutive K values sharing one scale (and bias)
-BLOCK: dict[str, int] = {"q8_0": 32, "affine4": 64}
+BLOCK: dict[str, int] = {"q8_0": 32, "q5_0": 32, "affine4": 64}
 FORMATS: tuple[str, ...] = tuple(BLOCK)
 
 
@@ -29,6 +38,7 @@ class QuantizedWeight:
     """A quantized (N, K) weight matrix.
 
     q8_0:    q int8 (N, K), scales float16 (N, K/32), biases None.
+    q5_0:    q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32), biases None.
     affine4: q uint32 (N, K/8), scales float16 (N, K/64), biases float16 (N, K/64).
     """
 
@@ -37,9 +47,10 @@ class QuantizedWeight:
     q: mx.array
     scales: mx.array
     biases: mx.array | None = None
+    high: mx.array | None = None
 
     def arrays(self) -> list[mx.array]:
-        return [self.q, self.scales] + ([] if self.biases is None else [self.biases])
+        return [a for a in (self.q, self.scales, self.biases, self.high) if a is not None]
 
     @property
     def nbytes(self) -> int:
@@ -57,14 +68,21 @@ class QuantizedWeight:
             raise ValueError(f"{self.format}: K = {K} must be a positive multiple of {bs}")
         if self.format == "q8_0":
             want = {"q": ((N, K), mx.int8), "scales": ((N, K // bs), mx.float16)}
-            if self.biases is not None:
-                raise ValueError("q8_0: biases must be None")
+        elif self.format == "q5_0":
+            want = {
+                "q": ((N, K // 2), mx.uint8),
+                "scales": ((N, K // bs), mx.float16),
+                "high": ((N, K // bs), mx.uint32),
+            }
         else:
             want = {
                 "q": ((N, K // 8), mx.uint32),
                 "scales": ((N, K // bs), mx.float16),
                 "biases": ((N, K // bs), mx.float16),
             }
+        for name in ("biases", "high"):
+            if name not in want and getattr(self, name) is not None:
+                raise ValueError(f"{self.format}: {name} must be None")
         for name, (shape, dtype) in want.items():
             a = getattr(self, name)
             if not isinstance(a, mx.array) or tuple(a.shape) != shape or a.dtype != dtype:
@@ -74,6 +92,44 @@ class QuantizedWeight:
 
 def _round_half_away(v: mx.array) -> mx.array:
     return mx.sign(v) * mx.floor(mx.abs(v) + 0.5)
+
+
+def _q8_blocks(blocks: mx.array) -> tuple[mx.array, mx.array]:
+    """Q8_0 rounding of float32 blocks (..., 32): q in [-127, 127] (float32) and d (..., 1), x ~ d * q."""
+    d = mx.max(mx.abs(blocks), axis=-1, keepdims=True) / 127.0
+    inv = mx.where(d == 0, 0.0, 1.0 / mx.where(d == 0, 1.0, d))  # as ggml: multiply by 1/d
+    return mx.clip(_round_half_away(blocks * inv), -127, 127), d
+
+
+def _q5_blocks(blocks: mx.array) -> tuple[mx.array, mx.array]:
+    """ggml's quantize_row_q5_0 on float32 blocks (..., 32): q in [0, 31] (int32) and d (..., 1).
+
+    d = (the value of largest magnitude) / -16, q = min(31, trunc(x / d + 16.5)); w ~ d * (q - 16)."""
+    idx = mx.argmax(mx.abs(blocks), axis=-1, keepdims=True)  # the first one on ties, as ggml
+    d = mx.take_along_axis(blocks, idx, axis=-1) / -16.0
+    inv = mx.where(d == 0, 0.0, 1.0 / mx.where(d == 0, 1.0, d))
+    q = mx.minimum(31, mx.floor(blocks * inv + 16.5)).astype(mx.int32)
+    return q, d
+
+
+def _pack_q5(q: mx.array) -> tuple[mx.array, mx.array]:
+    """q (..., 32) int32 in [0, 31] -> (nibbles (..., 16) uint8, fifth bits (...,) uint32)."""
+    nib = (q[..., :16] & 0xF) | ((q[..., 16:] & 0xF) << 4)
+    bits = ((q >> 4) & 1).astype(mx.uint32) << mx.arange(32, dtype=mx.uint32)
+    return nib.astype(mx.uint8), mx.sum(bits, axis=-1).astype(mx.uint32)
+
+
+def round_activations_q8(x: mx.array) -> mx.array:
+    """x (..., K) float32 rounded to Q8_0 blocks along K, scales kept in float32: d * q per block.
+
+    This is what the q8_0 kernels multiply the weights with (as llama.cpp does): the dot product of a
+    weight block and an activation block is then exact in int32, and VNNI computes it in one step."""
+    K = x.shape[-1]
+    bs = BLOCK["q8_0"]
+    if K % bs:
+        raise ValueError(f"round_activations_q8: K = {K} is not a multiple of {bs}")
+    q, d = _q8_blocks(x.astype(mx.float32).reshape(*x.shape[:-1], K // bs, bs))
+    return (q * d).reshape(x.shape)
 
 
 def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedWeight:
@@ -92,24 +148,29 @@ def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedW
     for r0 in range(0, N, rows_per_chunk):
         chunk = w[r0 : r0 + rows_per_chunk].astype(mx.float32)  # (n, K)
         if fmt == "q8_0":
-            blocks = chunk.reshape(-1, K // bs, bs)  # (n, K/32, 32)
-            d = mx.max(mx.abs(blocks), axis=-1, keepdims=True) / 127.0  # (n, K/32, 1)
-            inv = mx.where(d == 0, 0.0, 1.0 / mx.where(d == 0, 1.0, d))  # as ggml: multiply by 1/d
-            q = mx.clip(_round_half_away(blocks * inv), -127, 127).astype(mx.int8)
-            qs.append(q.reshape(-1, K))
+            q, d = _q8_blocks(chunk.reshape(-1, K // bs, bs))  # (n, K/32, 32), (n, K/32, 1)
+            qs.append(q.astype(mx.int8).reshape(-1, K))
             ss.append(d.squeeze(-1).astype(mx.float16))
+        elif fmt == "q5_0":
+            q, d = _q5_blocks(chunk.reshape(-1, K // bs, bs))
+            nib, high = _pack_q5(q)  # (n, K/32, 16), (n, K/32)
+            qs.append(nib.reshape(-1, K // 2))
+            ss.append(d.squeeze(-1).astype(mx.float16))
+            bb.append(high)
         else:
             q, s, b = mx.quantize(chunk, group_size=bs, bits=4)
             qs.append(q)
             ss.append(s.astype(mx.float16))
             bb.append(b.astype(mx.float16))
         mx.eval(qs[-1], ss[-1], *bb[-1:])
+    third = None if not bb else (mx.concatenate(bb) if len(bb) > 1 else bb[0])
     qw = QuantizedWeight(
         format=fmt,
         shape=(N, K),
         q=mx.concatenate(qs) if len(qs) > 1 else qs[0],
         scales=mx.concatenate(ss) if len(ss) > 1 else ss[0],
-        biases=None if not bb else (mx.concatenate(bb) if len(bb) > 1 else bb[0]),
+        biases=third if fmt == "affine4" else None,
+        high=third if fmt == "q5_0" else None,
     )
     mx.eval(*qw.arrays())
     return qw
@@ -123,6 +184,12 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
         q = qw.q.astype(mx.float32).reshape(N, K // bs, bs)  # (N, K/32, 32)
         d = qw.scales.astype(mx.float32)[..., None]  # (N, K/32, 1)
         return (q * d).reshape(N, K)
+    if qw.format == "q5_0":
+        nib = qw.q.reshape(N, K // bs, bs // 2)  # (N, K/32, 16)
+        low = mx.concatenate([nib & 0xF, nib >> 4], axis=-1).astype(mx.uint32)  # values 0..15, 16..31
+        bits = (qw.high[..., None] >> mx.arange(32, dtype=mx.uint32)) & 1  # (N, K/32, 32)
+        q = (low | (bits << 4)).astype(mx.float32) - 16.0
+        return (q * qw.scales.astype(mx.float32)[..., None]).reshape(N, K)
     # affine4: unpack 8 nibbles per uint32, lowest bits first
     shifts = mx.arange(0, 32, 4, dtype=mx.uint32)  # (8,)
     q = (qw.q[..., None] >> shifts) & mx.array(0xF, dtype=mx.uint32)  # (N, K/8, 8)
@@ -132,4 +199,4 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
     return (q * s + b).reshape(N, K)
 
 
-__all__ = ["BLOCK", "FORMATS", "QuantizedWeight", "dequantize", "quantize"]
+__all__ = ["BLOCK", "FORMATS", "QuantizedWeight", "dequantize", "quantize", "round_activations_q8"]

@@ -21,9 +21,13 @@ def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:
 
 def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
     """y = x @ dequantize(qw).T (+ b): dequantize the whole matrix, then the float linear above.
-    x: (..., K), qw: kernels.quant.QuantizedWeight of shape (N, K), b: (N,) or None -> (..., N)."""
-    from kernels.quant import dequantize
+    x: (..., K), qw: kernels.quant.QuantizedWeight of shape (N, K), b: (N,) or None -> (..., N).
+    For q8_0 and q5_0, x is first rounded to Q8_0 blocks (kernels.quant.round_activations_q8), as the kernels
+    do: weight and activation blocks then meet in exact int32 dot products."""
+    from kernels.quant import dequantize, round_activations_q8
 
+    if qw.format in ("q8_0", "q5_0"):
+        x = round_activations_q8(x)
     return linear(x, dequantize(qw), b)
 
 
@@ -67,6 +71,19 @@ def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
     """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D)."""
     inv_rms = mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
     return (x * inv_rms) * w
+
+
+def rope(x: mx.array, inv_freq: mx.array, offset) -> mx.array:
+    """Rotate-half RoPE: x (B, L, H, D) -> (B, H, L, D); position of (b, l) = offset (or offset[b]) + l.
+    Pair (i, i + D/2) rotates by position * inv_freq[i] (as engine/layers/rope.py)."""
+    B, L, _, D = x.shape
+    steps = mx.arange(L)
+    pos = (offset[:, None] + steps[None, :]) if isinstance(offset, mx.array) else (steps + offset)[None, :]
+    ang = pos.astype(mx.float32)[:, None, :, None] * inv_freq  # (B or 1, 1, L, D/2)
+    cos, sin = mx.cos(ang), mx.sin(ang)
+    x = x.transpose(0, 2, 1, 3)  # (B, H, L, D)
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:

@@ -17,10 +17,10 @@ import pytest
 import kernels
 from kernels import cpu as kcpu
 from kernels import ref
-from kernels.quant import BLOCK, QuantizedWeight, dequantize, quantize
+from kernels.quant import BLOCK, QuantizedWeight, dequantize, quantize, round_activations_q8
 from tests.test_kernels_linear import assert_close, require
 
-FORMATS = ("q8_0", "affine4")
+FORMATS = ("q8_0", "q5_0", "affine4")
 
 
 def make(M: int | tuple[int, ...], K: int, N: int, bias: bool, seed: int = 0):
@@ -50,6 +50,40 @@ def test_q8_0_matches_gguf_reference_quantizer_bit_exactly():
     np.testing.assert_array_equal(np.array(qw.q), qs)
     want = gguf_dequantize(raw.reshape(38, -1), GGMLQuantizationType.Q8_0)
     np.testing.assert_array_equal(np.array(dequantize(qw)), want)
+
+
+def test_q5_0_matches_gguf_reference_quantizer_bit_exactly():
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+    from gguf.quants import quantize as gguf_quantize
+
+    _, w, _ = make(1, 256, 37, bias=False, seed=5)
+    w = mx.concatenate([w, mx.zeros((1, 256)), -mx.abs(w[:1])])  # a zero row; a row of negatives
+    N = w.shape[0]
+    qw = quantize(w, "q5_0")
+    raw = gguf_quantize(np.array(w), GGMLQuantizationType.Q5_0).reshape(N, 256 // 32, 22)
+    np.testing.assert_array_equal(np.array(qw.scales), raw[..., :2].copy().view(np.float16)[..., 0])
+    np.testing.assert_array_equal(np.array(qw.high), raw[..., 2:6].copy().view(np.uint32)[..., 0])
+    np.testing.assert_array_equal(np.array(qw.q), raw[..., 6:].reshape(N, 128))
+    want = gguf_dequantize(raw.reshape(N, -1), GGMLQuantizationType.Q5_0)
+    np.testing.assert_array_equal(np.array(dequantize(qw)), want)
+
+
+def test_activations_are_rounded_to_q8_0_blocks():
+    x = 3.0 * mx.random.normal((3, 96), key=mx.random.key(8))
+    x = mx.concatenate([x, mx.zeros((1, 96))])  # zero blocks stay zero
+    xn = np.array(x, dtype=np.float32).reshape(4, 3, 32)
+    d = (np.abs(xn).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    inv = np.where(d == 0, 0, 1 / np.where(d == 0, 1, d)).astype(np.float32)
+    v = (xn * inv).astype(np.float32)
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + np.float32(0.5)), -127, 127)  # half away from zero
+    np.testing.assert_array_equal(np.array(round_activations_q8(x)), (q * d).reshape(4, 96))
+    # the reference multiplies the rounded x, for both integer-dot formats, and float x for affine4
+    _, w, _ = make(1, 96, 5, bias=False)
+    for fmt in ("q8_0", "q5_0"):
+        qw = quantize(w, fmt)
+        want = round_activations_q8(x) @ dequantize(qw).T
+        np.testing.assert_allclose(np.array(ref.quantized_linear(x, qw)), np.array(want), rtol=1e-5, atol=1e-5)
 
 
 def test_affine4_is_mlx_quantize_layout():
@@ -89,9 +123,10 @@ def test_quantization_error_is_small(fmt):
     _, w, _ = make(1, 512, 64, bias=False, seed=6)
     err = float(mx.max(mx.abs(dequantize(quantize(w, fmt)) - w)))
     amax = float(mx.max(mx.abs(w)))
-    # q8_0: half a step of d = amax_block / 127; affine4: about half a step of (max - min) / 15 <= 2 amax / 15
+    # q8_0: half a step of d = amax_block / 127; q5_0: one step of amax / 16 (ggml clips +16 to 15);
+    # affine4: about half a step of (max - min) / 15 <= 2 amax / 15
     # (mlx nudges the bias so that 0 is exact, and the scales are float16)
-    assert err <= amax * (0.5 / 127 if fmt == "q8_0" else 1.2 / 15)
+    assert err <= amax * {"q8_0": 0.5 / 127, "q5_0": 1.0 / 16, "affine4": 1.2 / 15}[fmt]
 
 
 # --- cpu against the reference -----------------------------------------------------------------
@@ -127,6 +162,25 @@ def test_cpu_every_isa_matches_reference(fmt, M, K, N):
         for isa in ext.supported_isas():
             ext.set_isa(isa)
             assert_close(kernels.quantized_linear(x, qw, b, backend="cpu"), want, K=K)
+    finally:
+        ext.set_isa(before)
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_0"])
+def test_integer_dot_extremes_do_not_saturate(fmt):
+    """Blocks at the ends of the int8 / 5-bit ranges: the u8 x s8 products must not saturate."""
+    require("cpu")
+    ext = kcpu.load()
+    K = 256
+    w = mx.where(mx.arange(K) % 3 == 0, -1.0, 1.0)[None, :] * mx.array([[1.0], [-1.0], [0.5]])  # (3, K)
+    x = mx.where(mx.arange(K) % 2 == 0, 1.0, -1.0)[None, :] * mx.array([[100.0], [-7.0]])  # (2, K)
+    qw = quantize(w, fmt)
+    want = ref.quantized_linear(x, qw)
+    before = ext.cpu_isa()
+    try:
+        for isa in ext.supported_isas():
+            ext.set_isa(isa)
+            assert_close(kernels.quantized_linear(x, qw, backend="cpu"), want, K=K)
     finally:
         ext.set_isa(before)
 
@@ -187,6 +241,11 @@ def test_bad_inputs_raise_value_error(call, message):
 def test_extension_validates_too():
     require("cpu")
     ext = kcpu.load()
+    q5 = quantize(mx.ones((5, 64)), "q5_0")
+    with pytest.raises(ValueError, match="q5_0 needs high"):
+        ext.quantized_linear(mx.ones((2, 64)), q5.q, q5.scales, None, None, "q5_0")
+    with pytest.raises(ValueError, match="high must have shape"):
+        ext.quantized_linear(mx.ones((2, 64)), q5.q, q5.scales, None, None, "q5_0", q5.high[:, :1])
     qw = quantize(mx.ones((5, 64)), "q8_0")
     with pytest.raises(ValueError, match="unknown format"):
         ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.scales, None, None, "q4_0")

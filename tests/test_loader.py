@@ -191,15 +191,16 @@ def test_convert_tiny_gguf_and_load_matches_mlx_lm(tiny_gguf, tmp_path):
     for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
         assert config[k] == cfg[k], k
     assert config["tie_word_embeddings"] is False
-    # Dequantized weights are the exact Q8_0 values of the originals.
+    # Dequantized weights are the exact Q5_0 / Q8_0 values of the originals.
     loaded = mx.load(str(out / "model.safetensors"))
-    w_q = weights["model.layers.0.mlp.up_proj.weight"]
-    expect = gguf.quants.dequantize(gguf.quants.quantize(w_q, gguf.GGMLQuantizationType.Q8_0),
-                                    gguf.GGMLQuantizationType.Q8_0)  # fmt: skip
-    np.testing.assert_array_equal(np.array(loaded["model.layers.0.mlp.up_proj.weight"]), expect)
+    for name, kind in (("mlp.up_proj", "Q5_0"), ("mlp.down_proj", "Q8_0")):
+        w_q = weights[f"model.layers.0.{name}.weight"]
+        t = gguf.GGMLQuantizationType[kind]
+        expect = gguf.quants.dequantize(gguf.quants.quantize(w_q, t), t)
+        np.testing.assert_array_equal(np.array(loaded[f"model.layers.0.{name}.weight"]), expect)
     np.testing.assert_array_equal(np.array(loaded["model.norm.weight"]), weights["model.norm.weight"])
 
-    lm = load_model(str(out), backend="ref")
+    lm = load_model(str(out), backend="ref", quant="none")
     ids = lm.tokenizer.encode(" the thin tooth")
     assert lm.tokenizer.decode(ids) == " the thin tooth"
     ref_model, _ = mlx_lm_load(out)

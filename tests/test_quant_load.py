@@ -8,6 +8,7 @@ import pytest
 
 from engine.loader import load_model
 from engine.loader.quantize import cache_file
+import kernels
 from kernels import QuantizedWeight
 from tests.utils import kl_divergence
 
@@ -33,6 +34,44 @@ def test_q8_0_quantizes_every_linear_and_stays_close(tiny_model_dir):
     assert isinstance(q8.model.lm_head, QuantizedWeight)
     assert not isinstance(q8.model.embed_tokens, QuantizedWeight)  # the gather table stays float32
     assert kl_divergence(logits(f32), logits(q8)) < 1e-3
+
+
+def test_gguf_mode_takes_the_gguf_blocks_bit_for_bit(tiny_model_dir):
+    """The default on a converted folder whose GGUF is still there: the GGUF's own Q5_0 / Q8_0 blocks."""
+    import gguf
+
+    from engine.loader.convert import hf_name
+    from engine.loader.quantize import gguf_source
+
+    lm = load_model(str(tiny_model_dir))  # quant="auto"
+    assert lm.quant == "gguf"
+    f32 = load_model(str(tiny_model_dir), quant="none")
+    reader = gguf.GGUFReader(str(gguf_source(tiny_model_dir)))
+    kinds = {hf_name(t.name): t.tensor_type.name for t in reader.tensors}
+    layer = lm.model.layers[0]
+    seen = set()
+    for prefix, ws in (("model.layers.0.self_attn.", layer.self_attn.w), ("model.layers.0.mlp.", layer.mlp.w)):
+        f32ws = f32.model.layers[0].self_attn.w if "attn" in prefix else f32.model.layers[0].mlp.w
+        for k, qw in ws.items():
+            if not k.endswith("weight") or not isinstance(qw, QuantizedWeight):
+                continue
+            assert qw.format == kinds[prefix + k].lower(), k  # q5_0 / q8_0 as stored
+            seen.add(qw.format)
+            # exact: the float32 model is the dequantized GGUF
+            np.testing.assert_array_equal(np.array(kernels.dequantize(qw)), np.array(f32ws[k]))
+    assert seen == {"q5_0", "q8_0"}
+    assert kl_divergence(logits(f32), logits(lm)) < 1e-3  # only the activations' int8 rounding
+
+
+def test_gguf_mode_without_its_gguf_is_a_clear_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / "source.json").unlink()
+    assert load_model(str(copy)).quant == "q8_0"  # auto falls back
+    with pytest.raises(ValueError, match="quant 'gguf' needs the GGUF"):
+        load_model(str(copy), quant="gguf")
 
 
 def test_affine4_keeps_weights_whose_k_is_not_a_multiple_of_64_in_float32(tiny_model_dir):

@@ -103,8 +103,12 @@ def tiny_weights(config: dict, seed: int = 0) -> dict[str, mx.array]:
 TINY_GGUF_CONFIG = TINY_CONFIG | {"tie_word_embeddings": False, "vocab_size": 288}
 
 
+_Q5_TENSORS = ("attn_q.weight", "attn_output.weight", "ffn_gate.weight", "ffn_up.weight")
+
+
 def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) -> None:
-    """A tiny qwen2 GGUF: weights (Q8_0 for 2-D with K % 32 == 0, else F32) and a byte-level vocab."""
+    """A tiny qwen2 GGUF and a byte-level vocab: 2-D weights with K % 32 == 0 in Q5_0 (q, o, gate, up)
+    or Q8_0 (the others), the rest F32."""
     import gguf
 
     from engine.loader.convert import _GLOBAL_MAP, _LAYER_MAP
@@ -145,8 +149,10 @@ def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) ->
             i, rest = name.removeprefix("model.layers.").split(".", 1)
             gname = f"blk.{i}.{inv_layer[rest]}"
         if arr.ndim == 2 and arr.shape[1] % 32 == 0:
-            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            # Q5_0 for the attention and gate/up matrices, Q8_0 for the rest (as the Qwen2.5 GGUFs mix them)
+            kind = gguf.GGMLQuantizationType.Q5_0 if gname.endswith(_Q5_TENSORS) else gguf.GGMLQuantizationType.Q8_0
+            q = gguf.quants.quantize(arr, kind)
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=kind)
         else:
             w.add_tensor(gname, arr.astype(np.float32))
     w.write_header_to_file()

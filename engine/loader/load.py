@@ -2,8 +2,8 @@
 
 A folder is HF/MLX style: config.json, one or more *.safetensors, tokenizer.json and
 tokenizer_config.json. Weights are cast to float32 (the CPU kernels' activation dtype), then the
-linear weights are quantized per `quant` (engine/loader/quantize.py; default q8_0, "none" keeps
-float32), reusing the quantized copy stored in the folder's quantized/ subfolder.
+linear weights are quantized per `quant` (engine/loader/quantize.py; default "auto": the GGUF's own
+blocks when its source GGUF is on disk, else q8_0; "none" keeps float32), reusing the quantized copy stored in the folder's quantized/ subfolder.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from engine.loader.manifest import get_spec
-from engine.loader.quantize import DEFAULT_QUANT, check_quant, quantize_weights, weight_arrays
+from engine.loader.quantize import DEFAULT_QUANT, check_quant, quantize_weights, resolve_quant, weight_arrays
 from engine.models.qwen2 import ModelArgs, Qwen2Model, sanitize
 from engine.tokenizer import Tokenizer
 
@@ -61,7 +61,9 @@ def load_model(
     name_or_path: str, *, backend: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = False
 ) -> LoadedModel:
     """Load model + tokenizer. backend: kernel backend for the linear layers (None = fastest).
-    quant: "q8_0" (default, near-lossless), "affine4" (4-bit, lossier) or "none" (float32)."""
+    quant: "auto" (default: "gguf" when the folder's source GGUF is on disk, else "q8_0"), "gguf" (the
+    GGUF's own Q5_0/Q8_0 blocks, Q8_0 for the rest), "q8_0", "affine4" (4-bit, lossier) or "none"
+    (float32). LoadedModel.quant is the concrete mode used."""
     check_quant(quant)
     name, folder = resolve_model_dir(name_or_path, quiet=quiet)
     cfg_file = folder / "config.json"
@@ -70,6 +72,7 @@ def load_model(
     config = json.loads(cfg_file.read_text(encoding="utf-8"))
     args = ModelArgs.from_dict(config)
     weights = sanitize(load_weights(folder), args)
+    quant = resolve_quant(quant, folder)
     weights = quantize_weights(weights, quant, tied=args.tie_word_embeddings, folder=folder)
     mx.eval(weight_arrays(weights))
     model = Qwen2Model(args, weights, backend=backend)

@@ -1,8 +1,15 @@
 """Quantize a model's linear weights at load, and keep the quantized copy next to the float32 weights.
 
 Modes (`load_model(..., quant=...)`, CLI `--quant`):
+  "auto"     the default: "gguf" when the folder came from a GGUF that is still on disk (every manifest
+             model), else "q8_0".
+  "gguf"     the GGUF's own blocks, bit for bit, for the matrices it stores as Q5_0 or Q8_0 (for the
+             Qwen2.5 GGUFs: all but ffn_down and the embedding table); the others (Q6_K / Q4_K
+             ffn_down) in Q8_0. The float32 model *is* the dequantized GGUF, so these weights carry no
+             error at all; what remains is the activations' rounding to Q8_0 blocks (the integer dot
+             products) and Q8_0 on ffn_down. 0.69 bytes per weight for most matrices.
   "none"     float32 weights (the reference the quantized modes are measured against).
-  "q8_0"     the default: every linear weight (q/k/v/o, gate/up/down, lm_head) in Q8_0, blocks of 32
+  "q8_0"     every linear weight (q/k/v/o, gate/up/down, lm_head) in Q8_0, blocks of 32
              int8 + one float16 scale. Near-lossless (KL to float32 ~1e-4 on the test prompts, see
              kernels/README_quant.md) at 1.06 bytes per weight instead of 4.
   "affine4"  MLX's 4-bit affine format, groups of 64 (mx.quantize layout): 0.56 bytes per weight,
@@ -25,18 +32,79 @@ import warnings
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from kernels import BLOCK, QuantizedWeight, quantize
 
-QUANT_MODES: tuple[str, ...] = ("none", "q8_0", "affine4")
-DEFAULT_QUANT = "q8_0"
-_CACHE_VERSION = "1"
+QUANT_MODES: tuple[str, ...] = ("auto", "gguf", "q8_0", "affine4", "none")
+DEFAULT_QUANT = "auto"
+_CACHE_VERSION = "2"
 
 
 def check_quant(mode: str) -> str:
     if mode not in QUANT_MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose from {', '.join(QUANT_MODES)}")
     return mode
+
+
+def gguf_source(folder: Path) -> Path | None:
+    """The GGUF a converted folder was made from (its source.json), if that file is still there."""
+    try:
+        meta = json.loads((folder / "source.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    path = Path(meta.get("gguf") or "")
+    return path if meta.get("gguf") and path.is_file() else None
+
+
+def resolve_quant(mode: str, folder: Path | None) -> str:
+    """The concrete mode for `mode` ("auto" -> "gguf" or "q8_0"); "gguf" without a GGUF is an error."""
+    check_quant(mode)
+    source = gguf_source(folder) if folder is not None else None
+    if mode == "auto":
+        return "gguf" if source is not None else "q8_0"
+    if mode == "gguf" and source is None:
+        raise ValueError(
+            f"quant 'gguf' needs the GGUF the model was converted from, and {folder} has none"
+            " (source.json missing or its file gone); use --quant q8_0"
+        )
+    return mode
+
+
+_GGUF_BLOCK_BYTES = {"Q8_0": 34, "Q5_0": 22}  # per 32 weights: fp16 d, then (qh, qs) or qs
+
+
+def _from_gguf_blocks(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> QuantizedWeight:
+    """Split a GGUF tensor's raw Q8_0 / Q5_0 blocks (N rows of K/32 blocks) into a QuantizedWeight."""
+    N, K = shape
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(N, K // 32, _GGUF_BLOCK_BYTES[kind])
+    d = blocks[..., :2].copy().view(np.float16)[..., 0]  # (N, K/32)
+    if kind == "Q8_0":
+        q = blocks[..., 2:].copy().view(np.int8).reshape(N, K)
+        return QuantizedWeight("q8_0", (N, K), mx.array(q), mx.array(d))
+    high = blocks[..., 2:6].copy().view(np.uint32)[..., 0]  # (N, K/32), little-endian as written
+    q = blocks[..., 6:].reshape(N, K // 2)
+    return QuantizedWeight("q5_0", (N, K), mx.array(q), mx.array(d), high=mx.array(high))
+
+
+def gguf_quantized(gguf_file: Path, names: set[str]) -> dict[str, QuantizedWeight]:
+    """The weights among `names` (HF names) that the GGUF stores as Q8_0 or Q5_0, as they are stored."""
+    import gguf
+
+    from engine.loader.convert import hf_name
+
+    out = {}
+    for t in gguf.GGUFReader(str(gguf_file)).tensors:
+        kind = t.tensor_type.name
+        if kind not in _GGUF_BLOCK_BYTES:
+            continue
+        name = hf_name(t.name)
+        if name in names:
+            shape = tuple(int(d) for d in reversed(t.shape))  # (N, K)
+            qw = _from_gguf_blocks(np.asarray(t.data), kind, shape)
+            qw.validate()
+            out[name] = qw
+    return out
 
 
 def linear_weight_names(weights: dict[str, mx.array], tied: bool) -> list[str]:
@@ -66,13 +134,15 @@ def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedW
     if (meta.get("format"), meta.get("version"), meta.get("source")) != (mode, _CACHE_VERSION, fingerprint):
         return None
     shapes = json.loads(meta["shapes"])
+    formats = json.loads(meta["formats"])
     return {
         name: QuantizedWeight(
-            format=mode,
+            format=formats[name],
             shape=tuple(shape),
             q=arrays[f"{name}.q"],
             scales=arrays[f"{name}.scales"],
             biases=arrays.get(f"{name}.biases"),
+            high=arrays.get(f"{name}.high"),
         )
         for name, shape in shapes.items()
     }
@@ -85,11 +155,14 @@ def _write_cache(path: Path, mode: str, fingerprint: str, qws: dict[str, Quantiz
         arrays[f"{name}.scales"] = qw.scales
         if qw.biases is not None:
             arrays[f"{name}.biases"] = qw.biases
+        if qw.high is not None:
+            arrays[f"{name}.high"] = qw.high
     meta = {
         "format": mode,
         "version": _CACHE_VERSION,
         "source": fingerprint,
         "shapes": json.dumps({n: list(qw.shape) for n, qw in qws.items()}),
+        "formats": json.dumps({n: qw.format for n, qw in qws.items()}),
     }
     tmp = path.with_name(f"{path.stem}.tmp-{os.getpid()}.safetensors")
     try:
@@ -109,11 +182,14 @@ def quantize_weights(
 ) -> dict[str, mx.array | QuantizedWeight]:
     """Return `weights` with the linear weights replaced by QuantizedWeight (mode != "none").
 
+    mode: a concrete mode (see resolve_quant; "gguf" needs `folder`'s source GGUF).
     folder: the model folder whose float32 files `weights` came from; enables the on-disk copy."""
     check_quant(mode)
     if mode == "none":
         return weights
-    block = BLOCK[mode]
+    if mode == "auto":
+        raise ValueError("quantize_weights takes a concrete mode; resolve 'auto' with resolve_quant first")
+    block = BLOCK["q8_0" if mode == "gguf" else mode]
     embed = weights["model.embed_tokens.weight"]
     source = {n: weights.get(n, embed) for n in linear_weight_names(weights, tied)}
     wanted = {n for n, w in source.items() if w.shape[1] % block == 0}
@@ -124,7 +200,14 @@ def quantize_weights(
         if qws is not None and set(qws) != wanted:
             qws = None
     if qws is None:
-        qws = {n: quantize(source[n], mode) for n in sorted(wanted)}
+        if mode == "gguf":
+            gguf_file = gguf_source(folder) if folder is not None else None
+            if gguf_file is None:
+                raise ValueError(f"quant 'gguf' needs the model's source GGUF; {folder} has none")
+            qws = gguf_quantized(gguf_file, wanted)
+            qws.update({n: quantize(source[n], "q8_0") for n in sorted(wanted - set(qws))})
+        else:
+            qws = {n: quantize(source[n], mode) for n in sorted(wanted)}
         if folder is not None:
             _write_cache(cache_file(folder, mode), mode, fingerprint, qws)
     out: dict[str, mx.array | QuantizedWeight] = {k: v for k, v in weights.items() if k not in qws}
@@ -142,4 +225,13 @@ def weight_arrays(weights: dict[str, mx.array | QuantizedWeight]) -> list[mx.arr
     return out
 
 
-__all__ = ["DEFAULT_QUANT", "QUANT_MODES", "check_quant", "quantize_weights", "weight_arrays"]
+__all__ = [
+    "DEFAULT_QUANT",
+    "QUANT_MODES",
+    "check_quant",
+    "gguf_quantized",
+    "gguf_source",
+    "quantize_weights",
+    "resolve_quant",
+    "weight_arrays",
+]

@@ -67,12 +67,16 @@ class Attention:
         q = linear(x, w["q_proj.weight"], w["q_proj.bias"], be)  # (B, L, H*D)
         k = linear(x, w["k_proj.weight"], w["k_proj.bias"], be)  # (B, L, H_kv*D)
         v = linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
-        q = q.reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, D)
-        k = k.reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
-        v = v.reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = q.reshape(B, L, self.n_heads, self.head_dim)  # (B, L, H, D)
+        k = k.reshape(B, L, self.n_kv_heads, self.head_dim)
+        v = v.reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
         offset = 0 if cache is None else cache.offset
-        q = self.rope(q, offset)
-        k = self.rope(k, offset)
+        if be == "ref":  # the readable RoPE (engine/layers/rope.py) on (B, H, L, D)
+            q = self.rope(q.transpose(0, 2, 1, 3), offset)  # (B, H, L, D)
+            k = self.rope(k.transpose(0, 2, 1, 3), offset)  # (B, H_kv, L, D)
+        else:  # the kernel: the same rotation fused with the transpose, angles once per position
+            q = kernels.rope(q, self.rope.inv_freq, offset, backend=be)  # (B, H, L, D)
+            k = kernels.rope(k, self.rope.inv_freq, offset, backend=be)  # (B, H_kv, L, D)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, S, D), S = offset + L
         if be == "ref":  # the readable math (engine/layers/attention.py), as inspect shows it

@@ -1,4 +1,4 @@
-// attention.cpp — flash attention (causal, GQA, per-row key lengths) and fused rms_norm / swiglu.
+// attention.cpp — flash attention (causal, GQA, per-row key lengths) and fused rms_norm / swiglu / rope.
 //
 // Flash attention, one task = one (batch row b, kv head hk, block of queries). The task gathers the
 // queries of all G = H / H_kv heads that share kv head hk — R = G x (queries in the block) rows —
@@ -670,6 +670,91 @@ bool SwiGLU::is_equivalent(const mx::Primitive& other) const {
 
 std::vector<mx::Shape> SwiGLU::output_shapes(const std::vector<mx::array>& inputs) {
   return {inputs[0].shape()};
+}
+
+// ---- rope
+
+mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset, const std::optional<mx::array>& offsets,
+               mx::StreamOrDevice s) {
+  if (x.ndim() != 4) throw std::invalid_argument("rope: x must be 4-D (B, L, H, D), got " + shape_str(x));
+  const int D = x.shape(3);
+  if (D % 2) throw std::invalid_argument("rope: the head dimension must be even, got " + std::to_string(D));
+  if (inv_freq.ndim() != 1 || inv_freq.shape(0) != D / 2) {
+    throw std::invalid_argument("rope: inv_freq must be (D/2,) = (" + std::to_string(D / 2) + ",), got " +
+                                shape_str(inv_freq));
+  }
+  if (x.dtype() != mx::float32 || inv_freq.dtype() != mx::float32) {
+    throw std::invalid_argument("rope: x and inv_freq must be float32");
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(inv_freq, false, st)};
+  if (offsets) {
+    if (offsets->ndim() != 1 || offsets->shape(0) != x.shape(0)) {
+      throw std::invalid_argument("rope: offsets must be (B,) = (" + std::to_string(x.shape(0)) + ",), got " +
+                                  shape_str(*offsets));
+    }
+    inputs.push_back(mx::contiguous(mx::astype(*offsets, mx::int32, st), false, st));
+  }
+  return mx::array(mx::Shape{x.shape(0), x.shape(2), x.shape(1), D}, mx::float32,
+                   std::make_shared<RoPE>(st, offset, offsets.has_value()), std::move(inputs));
+}
+
+void RoPE::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  mx::array& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  const float* xp = inputs[0].data<float>();
+  const float* fp = inputs[1].data<float>();
+  const int32_t* op = per_row_ ? inputs[2].data<int32_t>() : nullptr;
+  float* yp = out.data<float>();
+  const int64_t B = inputs[0].shape(0), L = inputs[0].shape(1), H = inputs[0].shape(2), D = inputs[0].shape(3);
+  const int64_t offset = offset_;
+  enc.dispatch([=]() {
+    const int64_t half = D / 2;
+    // One task per (b, l): its angles once, then every head; ~64 KB of output per task at least.
+    const int64_t per = std::max<int64_t>(1, 16384 / std::max<int64_t>(H * D, 1));
+    const int64_t n_tasks = (B * L + per - 1) / per;
+    ThreadPool::global().parallel_for(
+        n_tasks,
+        [&](int64_t t) {
+          std::vector<float> c(half), sn(half);
+          for (int64_t bl = t * per; bl < std::min(B * L, (t + 1) * per); ++bl) {
+            const int64_t b = bl / L, l = bl % L;
+            const float pos = static_cast<float>((op ? op[b] : offset) + l);
+            for (int64_t i = 0; i < half; ++i) {
+              const float a = pos * fp[i];
+              c[i] = std::cos(a);
+              sn[i] = std::sin(a);
+            }
+            for (int64_t h = 0; h < H; ++h) {
+              const float* x = xp + ((b * L + l) * H + h) * D;
+              float* y = yp + ((b * H + h) * L + l) * D;
+              for (int64_t i = 0; i < half; ++i) {
+                const float x1 = x[i], x2 = x[i + half];
+                y[i] = x1 * c[i] - x2 * sn[i];
+                y[i + half] = x2 * c[i] + x1 * sn[i];
+              }
+            }
+          }
+        },
+        n_tasks < 2 ? 1 : 0);
+  });
+}
+
+void RoPE::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMRoPE has no GPU implementation; run it on the cpu stream");
+}
+
+bool RoPE::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const RoPE*>(&other);
+  return o != nullptr && o->offset_ == offset_ && o->per_row_ == per_row_;
+}
+
+std::vector<mx::Shape> RoPE::output_shapes(const std::vector<mx::array>& inputs) {
+  const auto& x = inputs[0];
+  return {mx::Shape{x.shape(0), x.shape(2), x.shape(1), x.shape(3)}};
 }
 
 }  // namespace tiny_llm

@@ -37,6 +37,27 @@ mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::Stream
 // silu(gate) * up, elementwise. gate, up: same shape, float32.
 mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s = {});
 
+// Rotate-half RoPE fused with the (B, L, H, D) -> (B, H, L, D) transpose the attention needs.
+// x: (B, L, H, D) float32 (a linear layer's output, reshaped); inv_freq: (D/2,) float32; the position
+// of (b, l) is offset + l, or offsets[b] + l when offsets ((B,) int32) is given. Pair i = (i, i + D/2)
+// rotates by position * inv_freq[i]. Returns (B, H, L, D).
+mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset,
+               const std::optional<mx::array>& offsets, mx::StreamOrDevice s = {});
+
+class RoPE : public mx::Primitive {
+ public:
+  RoPE(mx::Stream stream, int offset, bool per_row) : mx::Primitive(stream), offset_(offset), per_row_(per_row) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TinyLLMRoPE"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  int offset_;
+  bool per_row_;
+};
+
 class FlashAttention : public mx::Primitive {
  public:
   FlashAttention(mx::Stream stream, float scale, bool causal, bool has_lengths)

@@ -30,10 +30,15 @@ NB_MODULE(_ext, m) {
       "quantized_linear",
       [](const mlx::core::array& x, const mlx::core::array& q, const mlx::core::array& scales,
          const std::optional<mlx::core::array>& biases, const std::optional<mlx::core::array>& b,
-         const std::string& format) { return tiny_llm::quantized_linear(x, q, scales, biases, b, format); },
+         const std::string& format, const std::optional<mlx::core::array>& high) {
+        return tiny_llm::quantized_linear(x, q, scales, biases, b, format, high);
+      },
       "x"_a, "q"_a, "scales"_a, "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
+      "high"_a = nb::none(),
       "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
-      "(N, K/32); 'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64) -> (M, N) float32.");
+      "(N, K/32); 'q5_0': q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32);\n"
+      "'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64) -> (M, N) float32. q8_0 and q5_0\n"
+      "round x to Q8_0 blocks (int8 dot products per block).");
   m.def(
       "flash_attention",
       [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v, float scale,
@@ -53,6 +58,13 @@ NB_MODULE(_ext, m) {
       "swiglu",
       [](const mlx::core::array& g, const mlx::core::array& u) { return tiny_llm::swiglu(g, u); }, "gate"_a,
       "up"_a, "silu(gate) * up elementwise; float32, one shape.");
+  m.def(
+      "rope",
+      [](const mlx::core::array& x, const mlx::core::array& inv_freq, int offset,
+         const std::optional<mlx::core::array>& offsets) { return tiny_llm::rope(x, inv_freq, offset, offsets); },
+      "x"_a, "inv_freq"_a, "offset"_a = 0, "offsets"_a = nb::none(),
+      "Rotate-half RoPE fused with the transpose to attention layout. x: (B, L, H, D) float32, inv_freq:\n"
+      "(D/2,) float32; position of (b, l) = offset + l, or offsets[b] + l -> (B, H, L, D).");
   m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");

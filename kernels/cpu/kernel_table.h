@@ -26,13 +26,16 @@ struct GemmArgs {
 //   AFFINE4: q uint32 (N, K/8) = mlx.quantize layout (value i of a word at bits 4i..4i+3, so byte j
 //            of a row holds values 2j (low nibble) and 2j+1 (high nibble)), scales and biases fp16
 //            (N, K/64): w = scale * q + bias per group of 64.
-enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1 };
+//   Q5_0:    GGML's Q5_0 blocks split into three arrays: qs uint8 (N, K/2) (byte j of a block holds
+//            value j in its low nibble and value j + 16 in its high nibble), qh uint32 (N, K/32) (bit
+//            i = the fifth bit of value i), scales fp16 (N, K/32): w = d * ((nibble | bit << 4) - 16).
+enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1, Q5_0 = 2 };
 constexpr int64_t kQ8Block = 32;
 constexpr int64_t kA4Group = 64;
 
 // Arguments of the quantized GEMV kernels (M < 8: decode).
 struct QGemvArgs {
-  const float* x;          // (M, K); for AFFINE4 permuted per group: 32 even k, then 32 odd k
+  const float* x;          // (M, K) (Q8_0 GEMM: already rounded to Q8_0 blocks); for AFFINE4 permuted per group: 32 even k, then 32 odd k
   const float* xsum;       // AFFINE4: (M, K/64) sums of x per group (the bias term); else null
   const uint8_t* q;        // packed weights, row-major, K/32*32 (Q8_0) or K/2 (AFFINE4) bytes a row
   const uint16_t* scales;  // fp16 bits
@@ -40,6 +43,10 @@ struct QGemvArgs {
   const float* b;          // (N,) or null
   float* y;                // (M, N)
   int64_t M, N, K;
+  const int8_t* xq = nullptr;    // Q8_0, Q5_0: x rounded to int8 per block of 32, (M, K)
+  const float* dx = nullptr;     // Q8_0, Q5_0: the scale of each of those blocks, (M, K/32)
+  const float* xqsum = nullptr;  // Q5_0: sum of each block of xq, (M, K/32)
+  const uint32_t* qh = nullptr;  // Q5_0: fifth bits, (N, K/32)
 };
 
 struct KernelTable {
@@ -55,6 +62,7 @@ struct KernelTable {
   // Rows [m0, m0 + mrows) (mrows <= 4) of y, columns [n_begin, n_end).
   void (*q8_gemv)(const QGemvArgs& a, int64_t m0, int64_t mrows, int64_t n_begin, int64_t n_end);
   void (*a4_gemv)(const QGemvArgs& a, int64_t m0, int64_t mrows, int64_t n_begin, int64_t n_end);
+  void (*q5_gemv)(const QGemvArgs& a, int64_t m0, int64_t mrows, int64_t n_begin, int64_t n_end);
   // Dequantize weight rows [r0, r1) into dst ((r1 - r0), K) float32; AFFINE4 rows come out in the
   // permuted order (per group: 32 even k, then 32 odd k), matching the permuted x.
   void (*dequant_rows)(QFormat f, const QGemvArgs& a, int64_t r0, int64_t r1, float* dst);

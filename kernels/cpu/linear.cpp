@@ -42,7 +42,7 @@ namespace tiny_llm {
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 namespace isa_avx512 {
-#define TL_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define TL_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 struct Ops {
   using V = __m512;
   static constexpr int W = 16;
@@ -87,12 +87,42 @@ struct Ops {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // Q8_0 x Q8_0 blocks (quant_kernels.inc): 32 int8 per block, 8 float partial sums per accumulator.
+  using I8 = __m256i;
+  using F8 = __m256;
+  TL_ATTR static inline I8 i8_load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  TL_ATTR static inline I8 i8_abs(I8 w) { return _mm256_abs_epi8(w); }
+  TL_ATTR static inline F8 f8_zero() { return _mm256_setzero_ps(); }
+  // acc + s[0] * (w . x) for one block; aw = |w|, and x takes w's sign, so the u8 x s8 product is exact (VNNI).
+  TL_ATTR static inline F8 dot_i8_madd(I8 aw, I8 w, I8 x, const float* s, F8 acc) {
+    const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  }
+  TL_ATTR static inline float f8_hsum(F8 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // Q5_0 block (16 nibble bytes + 32 fifth bits) -> 32 unsigned bytes q + 16 in [0, 31].
+  TL_ATTR static inline I8 q5_load(const uint8_t* qs, uint32_t qh) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+    b = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+    return _mm256_mask_add_epi8(b, static_cast<__mmask32>(qh), b, _mm256_set1_epi8(0x10));
+  }
+  // acc + s[0] * (u . x), u unsigned (VNNI).
+  TL_ATTR static inline F8 dot_u8_madd(I8 u, I8 x, const float* s, F8 acc) {
+    const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  }
+  TL_ATTR static inline void i8_store(int8_t* p, I8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
 static const KernelTable table = {"avx512",  MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  dequant_rows};
+                                  q5_gemv_task, dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_avx512
 #if defined(__GNUC__) && !defined(__clang__)
@@ -144,12 +174,49 @@ struct Ops {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // Q8_0 x Q8_0 blocks (quant_kernels.inc): 32 int8 per block, 8 float partial sums per accumulator.
+  using I8 = __m256i;
+  using F8 = __m256;
+  TL_ATTR static inline I8 i8_load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  TL_ATTR static inline I8 i8_abs(I8 w) { return _mm256_abs_epi8(w); }
+  TL_ATTR static inline F8 f8_zero() { return _mm256_setzero_ps(); }
+  // acc + s[0] * (w . x) for one block; aw = |w|, and x takes w's sign, so the u8 x s8 product is exact
+  // (pairs of products stay within int16: 2 * 127 * 127 < 32767).
+  TL_ATTR static inline F8 dot_i8_madd(I8 aw, I8 w, I8 x, const float* s, F8 acc) {
+    const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  }
+  TL_ATTR static inline float f8_hsum(F8 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // Q5_0 block (16 nibble bytes + 32 fifth bits) -> 32 unsigned bytes q + 16 in [0, 31].
+  TL_ATTR static inline I8 q5_load(const uint8_t* qs, uint32_t qh) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+    b = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+    // byte i of qh's broadcast -> lanes 8i..8i+7; each lane keeps its own bit, then 0xFF where set
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          3, 3, 3, 3, 3, 3, 3, 3);
+    __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), shuf);
+    bits = _mm256_or_si256(bits, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
+    return _mm256_or_si256(b, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)));
+  }
+  // acc + s[0] * (u . x), u unsigned in [0, 31] (pairs stay far inside int16).
+  TL_ATTR static inline F8 dot_u8_madd(I8 u, I8 x, const float* s, F8 acc) {
+    const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  }
+  TL_ATTR static inline void i8_store(int8_t* p, I8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
 static const KernelTable table = {"avx2",    MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  dequant_rows};
+                                  q5_gemv_task, dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_avx2
 #endif  // TL_X86
@@ -217,12 +284,44 @@ struct Ops {
   static inline void f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
   }
+  // Q8_0 x Q8_0 blocks (quant_kernels.inc): exact int32 dot per block, one float accumulator.
+  struct I8 {
+    int8_t v[32];
+  };
+  using F8 = float;
+  static inline I8 i8_load(const int8_t* p) {
+    I8 r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+  }
+  static inline const I8& i8_abs(const I8& w) { return w; }  // the portable dot needs no sign trick
+  static inline F8 f8_zero() { return 0.0f; }
+  static inline F8 dot_i8_madd(const I8&, const I8& w, const I8& x, const float* s, F8 acc) {
+    int32_t d = 0;
+    for (int i = 0; i < 32; ++i) d += static_cast<int32_t>(w.v[i]) * static_cast<int32_t>(x.v[i]);
+    return acc + s[0] * static_cast<float>(d);
+  }
+  static inline float f8_hsum(F8 v) { return v; }
+  static inline I8 q5_load(const uint8_t* qs, uint32_t qh) {
+    I8 r;
+    for (int i = 0; i < 16; ++i) {
+      r.v[i] = static_cast<int8_t>((qs[i] & 0xF) | (((qh >> i) & 1u) << 4));
+      r.v[i + 16] = static_cast<int8_t>((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4));
+    }
+    return r;
+  }
+  static inline F8 dot_u8_madd(const I8& u, const I8& x, const float* s, F8 acc) {
+    int32_t d = 0;
+    for (int i = 0; i < 32; ++i) d += static_cast<int32_t>(u.v[i]) * static_cast<int32_t>(x.v[i]);
+    return acc + s[0] * static_cast<float>(d);
+  }
+  static inline void i8_store(int8_t* p, const I8& v) { std::memcpy(p, v.v, sizeof v.v); }
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
 static const KernelTable table = {"generic", MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  dequant_rows};
+                                  q5_gemv_task, dequant_rows};
 #undef TL_ATTR
 }  // namespace isa_generic
 
@@ -238,7 +337,7 @@ static bool isa_supported(const std::string& name) {
   if (name == "avx2") return avx2;
   if (name == "avx512") {
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
   }
 #endif
   return false;

@@ -1,6 +1,8 @@
 // quant.cpp — driver, op and Primitive for quantized_linear (kernels in quant_kernels.inc).
 //
 // Rules it keeps:
+//  * Q8_0 and Q5_0 round x to Q8_0 blocks first (integer dot products per block, as llama.cpp does); both
+//    paths below see the same rounded x.
 //  * M < 8 (decode): GEMV tasks over ranges of weight rows, each row read once per <= 4 rows of x.
 //  * M >= 8 (prefill): each task dequantizes its weight rows into a float32 panel (L2-sized) and
 //    runs the float32 GEMM micro-kernel on it, so the dequantization is paid once per M rows.
@@ -10,6 +12,7 @@
 #include "quant.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <vector>
 
@@ -23,13 +26,39 @@ namespace tiny_llm {
 static constexpr int64_t kQSkinnyMaxM = 8;
 static constexpr double kQMinParallelFlops = 2.0e5;
 
+// Q8_0 activations, as ggml's quantize_row_q8_0 (but scales kept in float32): per block of 32,
+// d = max|x| / 127, q = round-half-away(x / d) (as x * (1/d)), so x ~ d * q. kernels/ref.py does the
+// same in plain mx ops. `xr`, if not null, receives d * q (the rounded x, for the GEMM path).
+// `xs`, if not null, receives each block's sum of q (Q5_0's offset term).
+static void quantize_x_q8(const float* x, int64_t M, int64_t K, int8_t* xq, float* dx, float* xr, float* xs) {
+  const int64_t nb = K / kQ8Block;
+  for (int64_t i = 0; i < M * nb; ++i) {
+    const float* src = x + i * kQ8Block;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < kQ8Block; ++j) amax = std::max(amax, std::fabs(src[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    dx[i] = d;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kQ8Block; ++j) {
+      const float v = std::min(127.0f, std::max(-127.0f, std::round(src[j] * id)));
+      xq[i * kQ8Block + j] = static_cast<int8_t>(v);
+      sum += static_cast<int32_t>(v);
+      if (xr) xr[i * kQ8Block + j] = d * v;
+    }
+    if (xs) xs[i] = static_cast<float>(sum);
+  }
+}
+
 static int64_t row_bytes(QFormat f, int64_t K) {
-  return f == QFormat::Q8_0 ? K + 2 * (K / kQ8Block) : K / 2 + 4 * (K / kA4Group);
+  if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
+  if (f == QFormat::Q5_0) return K / 2 + 6 * (K / kQ8Block);
+  return K / 2 + 4 * (K / kA4Group);
 }
 
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
-                          const uint16_t* biases, const float* b, float* y, int64_t M, int64_t N,
-                          int64_t K) {
+                          const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
+                          int64_t N, int64_t K) {
   if (M <= 0 || N <= 0) return;
   const KernelTable& t = active_kernels();
   ThreadPool& pool = ThreadPool::global();
@@ -38,6 +67,7 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
   const int64_t threads = max_threads == 1 ? 1 : pool.size();
 
   QGemvArgs a{x, nullptr, q, scales, biases, b, y, M, N, K};
+  a.qh = qh;
   thread_local std::vector<float> xperm_buf, xsum_buf;
   if (f == QFormat::AFFINE4) {
     const int64_t ng = K / kA4Group;
@@ -61,9 +91,24 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
     a.x = xp;
     a.xsum = xs;
   }
+  thread_local std::vector<int8_t> xq_buf;
+  thread_local std::vector<float> dx_buf, xs_buf, xr_buf;
+  const bool gemv = M < kQSkinnyMaxM;
+  if (f == QFormat::Q8_0 || f == QFormat::Q5_0) {
+    const int64_t nb = M * (K / kQ8Block);
+    if (static_cast<int64_t>(xq_buf.size()) < M * K) xq_buf.resize(M * K);
+    if (static_cast<int64_t>(dx_buf.size()) < nb) dx_buf.resize(nb);
+    if (static_cast<int64_t>(xs_buf.size()) < nb) xs_buf.resize(nb);
+    if (!gemv && static_cast<int64_t>(xr_buf.size()) < M * K) xr_buf.resize(M * K);
+    quantize_x_q8(x, M, K, xq_buf.data(), dx_buf.data(), gemv ? nullptr : xr_buf.data(), xs_buf.data());
+    a.xq = xq_buf.data();
+    a.dx = dx_buf.data();
+    a.xqsum = xs_buf.data();
+    if (!gemv) a.x = xr_buf.data();
+  }
 
-  if (M < kQSkinnyMaxM) {
-    auto gemv = f == QFormat::Q8_0 ? t.q8_gemv : t.a4_gemv;
+  if (gemv) {
+    auto kernel = f == QFormat::Q8_0 ? t.q8_gemv : f == QFormat::Q5_0 ? t.q5_gemv : t.a4_gemv;
     // Tasks of ~32 KB of packed weight rows (multiple of 4 rows), enough to balance the threads.
     int64_t rows = std::max<int64_t>(4, (32 * 1024 / row_bytes(f, K)) / 4 * 4);
     const int64_t balanced = ((N + 8 * threads - 1) / (8 * threads) + 3) / 4 * 4;
@@ -74,7 +119,7 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
         [&](int64_t task) {
           const int64_t n0 = task * rows;
           const int64_t n1 = std::min(N, n0 + rows);
-          for (int64_t m0 = 0; m0 < M; m0 += 4) gemv(a, m0, std::min<int64_t>(4, M - m0), n0, n1);
+          for (int64_t m0 = 0; m0 < M; m0 += 4) kernel(a, m0, std::min<int64_t>(4, M - m0), n0, n1);
         },
         max_threads);
     return;
@@ -134,20 +179,22 @@ static void expect_shape(const char* what, const mx::array& a, int64_t d0, int64
 
 mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
-                           const std::string& format, mx::StreamOrDevice s) {
+                           const std::string& format, const std::optional<mx::array>& high, mx::StreamOrDevice s) {
   QFormat f;
   if (format == "q8_0") {
     f = QFormat::Q8_0;
   } else if (format == "affine4") {
     f = QFormat::AFFINE4;
+  } else if (format == "q5_0") {
+    f = QFormat::Q5_0;
   } else {
-    throw std::invalid_argument("quantized_linear: unknown format '" + format + "' (q8_0, affine4)");
+    throw std::invalid_argument("quantized_linear: unknown format '" + format + "' (q8_0, q5_0, affine4)");
   }
   if (x.ndim() != 2) throw std::invalid_argument("quantized_linear: x must be 2-D (M, K), got " + shape_str(x));
   if (x.dtype() != mx::float32) throw std::invalid_argument("quantized_linear: x must be float32");
   if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
   const int64_t K = x.shape(1), N = q.shape(0);
-  const int64_t block = f == QFormat::Q8_0 ? kQ8Block : kA4Group;
+  const int64_t block = f == QFormat::AFFINE4 ? kA4Group : kQ8Block;
   if (K <= 0 || K % block != 0) {
     throw std::invalid_argument("quantized_linear: K = " + std::to_string(K) + " must be a positive multiple of " +
                                 std::to_string(block) + " for " + format);
@@ -156,6 +203,13 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::arr
     if (q.dtype() != mx::int8) throw std::invalid_argument("quantized_linear: q8_0 q must be int8");
     expect_shape("q", q, N, K);
     if (biases) throw std::invalid_argument("quantized_linear: q8_0 takes no biases");
+  } else if (f == QFormat::Q5_0) {
+    if (q.dtype() != mx::uint8) throw std::invalid_argument("quantized_linear: q5_0 q must be uint8");
+    expect_shape("q", q, N, K / 2);
+    if (biases) throw std::invalid_argument("quantized_linear: q5_0 takes no biases");
+    if (!high) throw std::invalid_argument("quantized_linear: q5_0 needs high (the fifth bits)");
+    if (high->dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: high must be uint32");
+    expect_shape("high", *high, N, K / block);
   } else {
     if (q.dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: affine4 q must be uint32");
     expect_shape("q", q, N, K / 8);
@@ -176,6 +230,8 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::arr
   std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st),
                                    mx::contiguous(scales, false, st)};
   if (biases) inputs.push_back(mx::contiguous(*biases, false, st));
+  if (f == QFormat::Q5_0) inputs.push_back(mx::contiguous(*high, false, st));
+  if (f != QFormat::Q5_0 && high) throw std::invalid_argument("quantized_linear: only q5_0 takes high");
   if (b) inputs.push_back(mx::contiguous(*b, false, st));
   return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
                    std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
@@ -192,16 +248,17 @@ void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   auto& enc = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) enc.set_input_array(a);
   enc.set_output_array(out);
-  const bool a4 = format_ == QFormat::AFFINE4;
+  const bool a4 = format_ == QFormat::AFFINE4, q5 = format_ == QFormat::Q5_0;
   const float* xp = inputs[0].data<float>();
   const uint8_t* qp = inputs[1].data<uint8_t>();
   const uint16_t* sp = inputs[2].data<uint16_t>();
   const uint16_t* bip = a4 ? inputs[3].data<uint16_t>() : nullptr;
-  const float* bp = has_bias_ ? inputs[a4 ? 4 : 3].data<float>() : nullptr;
+  const uint32_t* qhp = q5 ? inputs[3].data<uint32_t>() : nullptr;
+  const float* bp = has_bias_ ? inputs[(a4 || q5) ? 4 : 3].data<float>() : nullptr;
   float* yp = out.data<float>();
   const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = inputs[1].shape(0);
   const QFormat f = format_;
-  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, bp, yp, M, N, K); });
+  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K); });
 }
 
 void QuantizedLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {

@@ -22,16 +22,18 @@ namespace tiny_llm {
 namespace mx = mlx::core;
 
 // format: "q8_0" (q int8 (N, K), scales float16 (N, K/32), biases none) or
-//         "affine4" (q uint32 (N, K/8), scales and biases float16 (N, K/64)).
+//         "affine4" (q uint32 (N, K/8), scales and biases float16 (N, K/64)) or
+//         "q5_0" (q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32)).
 // x: (M, K) float32, b: (N,) float32 or none -> (M, N) float32.
 mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
-                           const std::string& format, mx::StreamOrDevice s = {});
+                           const std::string& format, const std::optional<mx::array>& high = std::nullopt,
+                           mx::StreamOrDevice s = {});
 
 // Raw kernel on contiguous row-major buffers (see QGemvArgs for the layouts).
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
-                          const uint16_t* biases, const float* b, float* y, int64_t M, int64_t N,
-                          int64_t K);
+                          const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
+                          int64_t N, int64_t K);
 
 class QuantizedLinear : public mx::Primitive {
  public:
