@@ -6,9 +6,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import kernels
 from engine.loader import load_model
 from engine.loader.quantize import cache_file
-import kernels
 from kernels import QuantizedWeight
 from tests.utils import kl_divergence
 

@@ -3,7 +3,8 @@
 A folder is HF/MLX style: config.json, one or more *.safetensors, tokenizer.json and
 tokenizer_config.json. Weights are cast to float32 (the CPU kernels' activation dtype), then the
 linear weights are quantized per `quant` (engine/loader/quantize.py; default "auto": the GGUF's own
-blocks when its source GGUF is on disk, else q8_0; "none" keeps float32), reusing the quantized copy stored in the folder's quantized/ subfolder.
+blocks when its source GGUF is on disk, else q8_0; "none" keeps float32), reusing the quantized copy
+stored in the folder's quantized/ subfolder.
 """
 
 from __future__ import annotations
