@@ -1,6 +1,6 @@
 """End-to-end speed of the real model plus a per-op-category profile of one decode step.
 
-Run: `python scripts/bench_e2e.py [--quant q8_0] [--reps 3] [--no-profile]`.
+Run: `python scripts/bench_e2e.py [--quant auto] [--reps 3] [--no-profile]`.
 
 Prints prefill tok/s for 128 and 512 prompt tokens (fresh cache, logits of the last position only, as
 `generate` does), decode tok/s over 64 greedy steps after a ~512-token prompt, best of `--reps`.
@@ -136,7 +136,7 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quant", default="q8_0")
+    p.add_argument("--quant", default="auto")
     p.add_argument("--backend", default=None)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-profile", action="store_true")

@@ -2,7 +2,9 @@
 
 Fidelity is measured as KL(float32 || quantized) of the last position's next-token distribution on the
 prompts of tests/reference_prompts.py (the >500-token one included). Bounds:
-  q8_0 (default)  KL <= 0.01 (the requirement; measured <= 1.5e-4)
+  gguf (default)  KL <= 0.01 (the requirement; measured <= 9e-4: the GGUF's own Q5_0/Q8_0 blocks, exact,
+                  with activations rounded to Q8_0 blocks for the integer dot products)
+  q8_0            KL <= 0.01 (measured <= 6e-4)
   affine4         KL <= 0.15 (documented bound; measured up to ~0.07, see kernels/README_quant.md)
 """
 
@@ -29,6 +31,13 @@ def float32_logits(real_lm):
 
 
 @pytest.fixture(scope="module")
+def real_lm_default(real_model_dir):
+    from engine.loader import load_model
+
+    return load_model(str(real_model_dir))
+
+
+@pytest.fixture(scope="module")
 def real_lm_affine4(real_model_dir):
     from engine.loader import load_model
 
@@ -36,11 +45,13 @@ def real_lm_affine4(real_model_dir):
 
 
 @pytest.mark.parametrize("name", list(PROMPTS))
-def test_default_q8_0_stays_within_kl_001_of_float32(real_lm_q8, float32_logits, name):
-    ours = last_logits(real_lm_q8.model, prompt_ids(real_lm_q8.tokenizer, name))
+@pytest.mark.parametrize("mode", ["default", "q8_0"])
+def test_default_and_q8_0_stay_within_kl_001_of_float32(real_lm_default, real_lm_q8, float32_logits, mode, name):
+    lm = real_lm_default if mode == "default" else real_lm_q8
+    ours = last_logits(lm.model, prompt_ids(lm.tokenizer, name))
     kl = kl_divergence(float32_logits[name], ours)
-    print(f"q8_0 {name}: KL = {kl:.2e}")
-    assert kl <= Q8_KL_MAX, f"{name}: KL(float32 || q8_0) = {kl:.2e}"
+    print(f"{lm.quant} {name}: KL = {kl:.2e}")
+    assert kl <= Q8_KL_MAX, f"{name}: KL(float32 || {lm.quant}) = {kl:.2e}"
     assert int(np.argmax(ours)) == int(np.argmax(float32_logits[name]))
 
 
@@ -52,24 +63,29 @@ def test_affine4_kl_is_within_its_documented_bound(real_lm_affine4, float32_logi
     assert kl <= AFFINE4_KL_MAX, f"{name}: KL(float32 || affine4) = {kl:.2e}"
 
 
-def test_default_load_is_q8_0(real_model_dir):
-    from engine.loader import load_model
-    from engine.loader.quantize import DEFAULT_QUANT
+def test_default_load_is_the_gguf_blocks(real_lm_default):
+    from kernels import QuantizedWeight
 
-    assert DEFAULT_QUANT == "q8_0"
-    assert load_model.__kwdefaults__["quant"] == "q8_0"
+    assert real_lm_default.quant == "gguf"
+    formats = {
+        v.format
+        for layer in real_lm_default.model.layers
+        for v in (*layer.self_attn.w.values(), *layer.mlp.w.values())
+        if isinstance(v, QuantizedWeight)
+    }
+    assert formats == {"q5_0", "q8_0"}  # Q5_0 as stored; Q8_0 for v (as stored) and the K-quant ffn_down
 
 
-def test_q8_0_capital_of_france_is_paris(real_lm_q8):
-    logits = last_logits(real_lm_q8.model, real_lm_q8.tokenizer.encode("The capital of France is"))
-    assert real_lm_q8.tokenizer.decode([int(np.argmax(logits))]) == " Paris"
+def test_default_capital_of_france_is_paris(real_lm_default):
+    logits = last_logits(real_lm_default.model, real_lm_default.tokenizer.encode("The capital of France is"))
+    assert real_lm_default.tokenizer.decode([int(np.argmax(logits))]) == " Paris"
 
 
-def test_q8_0_writes_a_correct_prime_function(real_lm_q8):
+def test_default_writes_a_correct_prime_function(real_lm_default):
     prompt = "Write a Python function that checks whether a number is prime."
-    ids = real_lm_q8.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    ids = real_lm_default.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     events = list(
-        generate(real_lm_q8.model, real_lm_q8.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200))
+        generate(real_lm_default.model, real_lm_default.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200))
     )
     assert isinstance(events[-1], FinishEvent)
     code = re.search(r"```python\n(.*?)```", events[-1].text, re.S)
