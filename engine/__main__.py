@@ -57,7 +57,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("\nkernel backends:")
     for backend, state in kernels.available_backends().items():
         print(f"  {backend:6s} {state}")
-    print(f"linear uses: {kernels.backend_for('linear')}")
+    from kernels import cpu as kcpu
+
+    ext = kcpu.load()
+    isa = f" ({ext.cpu_isa()}, {ext.num_threads()} threads)" if ext is not None else ""
+    print("ops (float32 activations, the engine's default):")
+    for op in kernels.OPS:
+        backend = kernels.backend_for(op)
+        print(f"  {op:17s} {backend}{isa if backend == 'cpu' else ''}")
     return 0
 
 
