@@ -3,8 +3,8 @@
 // Rules it keeps:
 //  * Q8_0 and Q5_0 round x to Q8_0 blocks first (integer dot products per block, as llama.cpp does); both
 //    paths below see the same rounded x.
-//  * M < 8 (decode): GEMV tasks over ranges of weight rows, each row read once per <= 4 rows of x.
-//  * M >= 8 (prefill): each task dequantizes its weight rows into a float32 panel (L2-sized) and
+//  * M < 16 (decode, batched decode): GEMV tasks over ranges of weight rows, each row read once per <= 4 rows of x.
+//  * M >= 16 (prefill): each task dequantizes its weight rows into a float32 panel (L2-sized) and
 //    runs the float32 GEMM micro-kernel on it, so the dequantization is paid once per M rows.
 //  * AFFINE4 permutes x per group of 64 (even k, then odd k) once per call, matching the nibble
 //    order of the packed weights; the dot product is the same sum in another order.
@@ -23,7 +23,8 @@
 
 namespace tiny_llm {
 
-static constexpr int64_t kQSkinnyMaxM = 8;
+static constexpr int64_t kQSkinnyMaxM = 16;  // integer GEMV below this many rows (measured: it beats
+                                               // dequantize + float GEMM up to M = 15)
 static constexpr double kQMinParallelFlops = 2.0e5;
 
 // Q8_0 activations, as ggml's quantize_row_q8_0 (but scales kept in float32): per block of 32,
