@@ -12,6 +12,7 @@
 #include "attention.h"
 #include "linear.h"
 #include "quant.h"
+#include "threadpool.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -69,4 +70,10 @@ NB_MODULE(_ext, m) {
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");
   m.def("num_threads", &tiny_llm::num_threads, "Threads in the pool (hardware or TINY_LLM_THREADS).");
+  m.def(
+      "set_spin_us", [](int us) { tiny_llm::ThreadPool::spin_us().store(us < 0 ? 0 : us); }, "us"_a,
+      "Microseconds an idle pool thread polls (yielding) before it sleeps (default 50, TINY_LLM_SPIN_US).");
+  m.def(
+      "spin_us", [] { return tiny_llm::ThreadPool::spin_us().load(); },
+      "Microseconds an idle pool thread polls (yielding) before it sleeps.");
 }

@@ -1,9 +1,13 @@
 // threadpool.h — a small persistent thread pool shared by every CPU kernel of the extension.
 //
 // Rules it keeps:
-//  * Workers never spin: idle workers sleep on a condition variable, and the calling thread
-//    waits on one too. The playground always shares the CPU with a web server; a spinning pool
-//    collapses when another process holds one of the cores (llama.cpp fell from ~27 to <1 tok/s).
+//  * Workers never spin for long: after a job, a worker polls for the next one for at most
+//    spin_us() microseconds (default 50, env TINY_LLM_SPIN_US, 0 = never), yielding the core on
+//    every poll, then sleeps on a condition variable; the calling thread waits the same way.
+//    A decode step runs ~300 short jobs back to back, and a futex wake-up in this VM costs tens of
+//    microseconds, so the short window pays; yielding means a busy neighbour process gets the core
+//    at once, and the bound means an idle pool costs nothing. An unbounded spin collapses when
+//    another process holds one of the cores (llama.cpp fell from ~27 to <1 tok/s here).
 //  * Work is handed out dynamically (an atomic task counter), so a worker that the OS schedules
 //    late simply takes fewer tasks; the caller never waits for a worker that has not started one.
 //  * The calling thread is worker 0 and runs tasks too, so a pool of n threads owns n-1 OS threads.
@@ -15,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -38,6 +43,7 @@ class ThreadPool {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
+      stop_flag_.store(true, std::memory_order_relaxed);
     }
     cv_work_.notify_all();
     for (auto& t : workers_) t.join();
@@ -67,7 +73,7 @@ class ThreadPool {
       error_ = nullptr;
       seats_ = want - 1;  // workers allowed to join this job
       active_ = true;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     if (want - 1 >= static_cast<int>(workers_.size())) {
       cv_work_.notify_all();
@@ -75,9 +81,10 @@ class ThreadPool {
       for (int i = 0; i < want - 1; ++i) cv_work_.notify_one();
     }
     run_tasks();
+    spin_until([this] { return in_flight_.load(std::memory_order_acquire) == 0; });
     std::unique_lock<std::mutex> lk(mu_);
     // Only workers that already joined can still be running a task; late ones see !active_.
-    cv_done_.wait(lk, [this] { return in_flight_ == 0; });
+    cv_done_.wait(lk, [this] { return in_flight_.load(std::memory_order_relaxed) == 0; });
     active_ = false;
     fn_ = nullptr;
     std::exception_ptr err = error_;
@@ -90,6 +97,15 @@ class ThreadPool {
   static ThreadPool& global() {
     static ThreadPool pool(default_threads());
     return pool;
+  }
+
+  // Microseconds a waiting thread polls (yielding) before it sleeps; settable for benchmarks.
+  static std::atomic<int>& spin_us() {
+    static std::atomic<int> us{[] {
+      const char* env = std::getenv("TINY_LLM_SPIN_US");
+      return env ? std::max(0, std::atoi(env)) : 50;
+    }()};
+    return us;
   }
 
   static int default_threads() {
@@ -116,20 +132,36 @@ class ThreadPool {
     }
   }
 
+  // Poll `ready` for up to spin_us(), giving the core away on every poll; true if it became ready.
+  template <class Pred>
+  static bool spin_until(Pred ready) {
+    const int us = spin_us().load(std::memory_order_relaxed);
+    if (us <= 0) return ready();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (!ready()) {
+      if (std::chrono::steady_clock::now() >= until) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  }
+
   void worker_loop() {
     uint64_t seen = 0;
-    std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      cv_work_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      spin_until([&] {
+        return stop_flag_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_acquire) != seen;
+      });
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_work_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
       if (stop_) return;
-      seen = generation_;
+      seen = generation_.load(std::memory_order_relaxed);
       if (!active_ || seats_ <= 0) continue;
       --seats_;
-      ++in_flight_;
+      in_flight_.fetch_add(1, std::memory_order_relaxed);
       lk.unlock();
       run_tasks();
       lk.lock();
-      if (--in_flight_ == 0) cv_done_.notify_one();
+      if (in_flight_.fetch_sub(1, std::memory_order_acq_rel) == 1) cv_done_.notify_one();
     }
   }
 
@@ -142,11 +174,12 @@ class ThreadPool {
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
   std::exception_ptr error_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under mu_, polled without it while spinning
   int seats_ = 0;
-  int in_flight_ = 0;
+  std::atomic<int> in_flight_{0};  // changed under mu_, polled without it while spinning
   bool active_ = false;
   bool stop_ = false;
+  std::atomic<bool> stop_flag_{false};
 };
 
 }  // namespace tiny_llm
