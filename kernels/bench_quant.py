@@ -1,8 +1,8 @@
-"""Benchmark kernels.quantized_linear (q8_0, affine4) against the float32 kernels.linear, cpu backend.
+"""Benchmark kernels.quantized_linear (q8_0, q5_0, affine4) against the float32 kernels.linear, cpu backend.
 
 Run: `python -m kernels.bench_quant [--reps N] [--quick]`.
 
-Per shape, the best wall time (ms) over repeats of a fully evaluated call for float32 / q8_0 /
+Per shape, the best wall time (ms) over repeats of a fully evaluated call for float32 / q8_0 / q5_0 /
 affine4, the weight-read bandwidth (GB/s of the bytes each format stores: what bounds M=1), GFLOP/s
 for M > 1, and each format's speed-up over float32 measured in the same run. Shapes are the
 Qwen2.5-0.5B projections (K, N) = (896, 4864), (4864, 896), (896, 896), (896, 128) at
@@ -20,7 +20,7 @@ import kernels
 from kernels import cpu as kcpu
 from kernels.bench_linear import LM_HEAD, PROJECTIONS, best_time
 
-FORMATS = ("q8_0", "affine4")
+FORMATS = ("q8_0", "q5_0", "affine4")
 
 
 def shapes(quick: bool) -> list[tuple[int, int, int]]:
