@@ -224,6 +224,12 @@ def test_no_cache_extrapolation_sums_the_fitted_line_over_every_step():
     assert (est.intercept_s, est.slope_s_per_token) == pytest.approx((0.1, 0.01))
 
 
+def test_no_cache_line_never_goes_below_zero_at_the_first_step():
+    est = extrapolate_no_cache([10, 11, 30], [0.01, 0.01, 5.0], prompt_len=10, gen=30, requests=1, timed_requests=1)
+    assert est.slope_s_per_token == 0.0 and est.intercept_s == pytest.approx(5.02 / 3)
+    assert est.per_request_s == pytest.approx(30 * 5.02 / 3)
+
+
 def test_no_cache_fully_timed_is_the_plain_sum_not_an_estimate():
     lengths = [10, 11, 12] * 2
     secs = [0.5, 0.7, 0.6, 0.55, 0.65, 0.75]

@@ -377,12 +377,11 @@ def format_report(res: dict) -> str:
         f"prompt ids: request 0 sha256 {res['prompt']['request0_sha256']} (the peer gets the same ids)",
     ]
     if peer:
-        extra = peer.get("gguf_file_type") or peer.get("mlx") or ""
-        lines.append(
-            f"peer: {name} {peer.get('version', '')} {extra}".rstrip()
-            + f", {peer['gen']} new tokens"
-            + (f", {peer['threads']} threads" if "threads" in peer else "")
-        )
+        if name == "llama.cpp":
+            on = f"llama-cpp-python {peer['version']} on the {peer['gguf_file_type']} GGUF, {peer['threads']} threads"
+        else:
+            on = f"mlx-lm {peer['version']} (mlx {peer['mlx']}) on the float32 folder"
+        lines.append(f"peer: {on}, {peer['gen']} new tokens per run, in a child process")
         runs = peer["single"]["runs"]
         if runs:
             lines.append(
