@@ -21,6 +21,7 @@ from engine.bench.peers import BusyCore, PeerProcess, PeerUnavailable, check_ins
 from engine.bench.prompts import SNIPPET, STRIDE, ids_sha256, token_stream, windows
 from engine.bench.stats import (
     Figures,
+    NoCacheEstimate,
     common_prefix,
     compute_ratios,
     extrapolate_no_cache,
@@ -197,73 +198,10 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             )
         measure.single_stream(engine, ids0, min(G, 4))  # warm-up
 
-        log(f"single stream: {opts.reps} reps, engine{' and ' + opts.peer if peer else ''} alternating")
-        eng_runs: list[dict] = []
-        peer_runs: list[dict] = []
-        for i in range(opts.reps):
-            r = measure.single_stream(engine, ids0, G)
-            eng_runs.append({"prefill_tps": r.prefill_tps, "decode_tps": r.decode_tps, "ttft_s": r.ttft_s})
-            msg = f"  rep {i + 1}: engine prefill {r.prefill_tps:.1f} tok/s, decode {r.decode_tps:.2f} tok/s"
-            if peer is not None:
-                pr = peer.run(ids0, opts.peer_tokens)
-                peer_runs.append({**_peer_dict(pr), "agree_prefix": common_prefix(pr.tokens, r.tokens)})
-                msg += f"; {opts.peer} prefill {pr.prefill_tps:.1f}, decode {pr.decode_tps:.2f}"
-            log(msg)
-
-        levels = []
-        for n in opts.requests:
-            lv = measure.concurrent(engine, prompts[:n], G)
-            levels.append(
-                {
-                    "n": n,
-                    "tokens": lv.tokens,
-                    "wall_s": lv.wall_s,
-                    "total_tps": lv.total_tps,
-                    "ttft_median_s": median(lv.ttft_s),
-                    "ttft_p90_s": percentile(lv.ttft_s, 90),
-                    "request_decode_tps_median": median(lv.decode_tps),
-                    "ttft_s": list(lv.ttft_s),
-                }
-            )
-            log(f"  {n:3d} concurrent: {lv.total_tps:.1f} tok/s total, TTFT median {median(lv.ttft_s):.2f} s")
-
-        k = min(opts.no_cache_tokens, G)
-        log(f"no-cache path: timing {k} of {G} tokens on {opts.no_cache_requests} of {n_max} requests ...")
-        lengths: list[int] = []
-        seconds: list[float] = []
-        for ids in prompts[: opts.no_cache_requests]:
-            ls, ss = measure.no_cache_steps(engine, ids, k)
-            lengths += ls
-            seconds += ss
-        if k < G:  # one forward at the last step's length gives the line its other end
-            lengths.append(P + G - 1)
-            seconds.append(measure.no_cache_probe(engine, stream[: P + G - 1]))
-        est = extrapolate_no_cache(
-            lengths, seconds, prompt_len=P, gen=G, requests=n_max, timed_requests=opts.no_cache_requests
-        )
-        log(f"  {est.total_tps:.3f} tok/s ({est.method})")
-
-        contention = None
-        if opts.contend:
-            cg = opts.contend_tokens
-            pg = min(cg, opts.peer_tokens)
-            log(f"contention: a busy loop holds one core; {opts.reps} reps of {cg} tokens ...")
-            c_eng: list[float] = []
-            c_peer: list[float] = []
-            with BusyCore():
-                for _ in range(opts.reps):
-                    c_eng.append(measure.single_stream(engine, ids0, cg).decode_tps)
-                    if peer is not None:
-                        c_peer.append(peer.run(ids0, pg).decode_tps)
-            contention = {
-                "gen": cg,
-                "decode_tps": median(c_eng),
-                "runs": c_eng,
-                "peer_gen": pg if peer else None,
-                "peer_decode_tps": median(c_peer),
-                "peer_runs": c_peer,
-            }
-            log(f"  engine decode {median(c_eng):.2f} tok/s" + (f", {opts.peer} {median(c_peer):.2f}" if peer else ""))
+        eng_runs, peer_runs = _single_stream_phase(opts, engine, peer, ids0, log)
+        levels = [_level(engine, prompts[:n], G, log) for n in opts.requests]
+        est = _no_cache_phase(opts, engine, prompts, stream, log)
+        contention = _contention_phase(opts, engine, peer, ids0, log) if opts.contend else None
 
         rss = rss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         peer_info = None
@@ -282,6 +220,83 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
         if peer is not None:
             peer.close()
         engine.shutdown()
+
+
+def _single_stream_phase(opts: BenchOptions, engine, peer: PeerProcess | None, ids0: list[int], log):
+    """`reps` single-stream runs on request 0's ids, engine and peer alternating."""
+    log(f"single stream: {opts.reps} reps, engine{' and ' + opts.peer if peer else ''} alternating")
+    eng_runs: list[dict] = []
+    peer_runs: list[dict] = []
+    for i in range(opts.reps):
+        r = measure.single_stream(engine, ids0, opts.gen)
+        eng_runs.append({"prefill_tps": r.prefill_tps, "decode_tps": r.decode_tps, "ttft_s": r.ttft_s})
+        msg = f"  rep {i + 1}: engine prefill {r.prefill_tps:.1f} tok/s, decode {r.decode_tps:.2f} tok/s"
+        if peer is not None:
+            pr = peer.run(ids0, opts.peer_tokens)
+            peer_runs.append({**_peer_dict(pr), "agree_prefix": common_prefix(pr.tokens, r.tokens)})
+            msg += f"; {opts.peer} prefill {pr.prefill_tps:.1f}, decode {pr.decode_tps:.2f}"
+        log(msg)
+    return eng_runs, peer_runs
+
+
+def _level(engine, prompts: list[list[int]], gen: int, log) -> dict:
+    """N = len(prompts) requests submitted at once."""
+    lv = measure.concurrent(engine, prompts, gen)
+    log(f"  {lv.n:3d} concurrent: {lv.total_tps:.1f} tok/s total, TTFT median {median(lv.ttft_s):.2f} s")
+    return {
+        "n": lv.n,
+        "tokens": lv.tokens,
+        "wall_s": lv.wall_s,
+        "total_tps": lv.total_tps,
+        "ttft_median_s": median(lv.ttft_s),
+        "ttft_p90_s": percentile(lv.ttft_s, 90),
+        "request_decode_tps_median": median(lv.decode_tps),
+        "ttft_s": list(lv.ttft_s),
+    }
+
+
+def _no_cache_phase(opts: BenchOptions, engine, prompts: list[list[int]], stream: list[int], log) -> NoCacheEstimate:
+    """Time the first tokens of the no-cache path on a few requests (plus one forward at the last step's
+    length, the line's other end) and extrapolate to every token of the largest level's requests."""
+    P, G, k = opts.prompt_len, opts.gen, min(opts.no_cache_tokens, opts.gen)
+    log(f"no-cache path: timing {k} of {G} tokens on {opts.no_cache_requests} of {opts.max_n} requests ...")
+    lengths: list[int] = []
+    seconds: list[float] = []
+    for ids in prompts[: opts.no_cache_requests]:
+        ls, ss = measure.no_cache_steps(engine, ids, k)
+        lengths += ls
+        seconds += ss
+    if k < G:
+        lengths.append(P + G - 1)
+        seconds.append(measure.no_cache_probe(engine, stream[: P + G - 1]))
+    est = extrapolate_no_cache(
+        lengths, seconds, prompt_len=P, gen=G, requests=opts.max_n, timed_requests=opts.no_cache_requests
+    )
+    log(f"  {est.total_tps:.3f} tok/s ({est.method})")
+    return est
+
+
+def _contention_phase(opts: BenchOptions, engine, peer: PeerProcess | None, ids0: list[int], log) -> dict:
+    """Single-stream decode again (engine and peer alternating) while a busy loop holds one core."""
+    cg = opts.contend_tokens
+    pg = min(cg, opts.peer_tokens)
+    log(f"contention: a busy loop holds one core; {opts.reps} reps of {cg} tokens ...")
+    c_eng: list[float] = []
+    c_peer: list[float] = []
+    with BusyCore():
+        for _ in range(opts.reps):
+            c_eng.append(measure.single_stream(engine, ids0, cg).decode_tps)
+            if peer is not None:
+                c_peer.append(peer.run(ids0, pg).decode_tps)
+    log(f"  engine decode {median(c_eng):.2f} tok/s" + (f", {opts.peer} {median(c_peer):.2f}" if peer else ""))
+    return {
+        "gen": cg,
+        "decode_tps": median(c_eng),
+        "runs": c_eng,
+        "peer_gen": pg if peer else None,
+        "peer_decode_tps": median(c_peer),
+        "peer_runs": c_peer,
+    }
 
 
 def _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, peer_info) -> dict:
