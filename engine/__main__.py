@@ -1,4 +1,4 @@
-"""Command line: `python -m engine {fetch,info,generate,logits} ...` (see --help)."""
+"""Command line: `python -m engine {fetch,info,generate,logits,bench} ...` (see --help)."""
 
 from __future__ import annotations
 
@@ -138,6 +138,24 @@ def _cmd_logits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from engine.bench import BenchOptions, format_report, parse_requests, run_bench
+
+    opts = BenchOptions(
+        model=args.model, backend=args.backend, quant=args.quant, prompt_len=args.prompt_len, gen=args.gen,
+        requests=parse_requests(args.requests), peer=args.peer, reps=args.reps, contend=args.contend,
+        contend_gen=args.contend_gen, peer_gen=args.peer_gen, peer_gguf=args.peer_gguf, threads=args.threads,
+        no_cache_tokens=args.no_cache_tokens, no_cache_requests=args.no_cache_requests,
+    )  # fmt: skip
+    res = run_bench(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    text = json.dumps(res, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text if args.json else format_report(res))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from engine.loader.manifest import default_model
     from engine.loader.quantize import DEFAULT_QUANT, QUANT_MODES
@@ -185,6 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--chat", action="store_true")
     lg.add_argument("--out", type=Path, required=True)
     lg.set_defaults(func=_cmd_logits)
+
+    b = sub.add_parser(
+        "bench", help="speed figures: single stream, concurrent requests, no-cache path, RSS; optional peer",
+        description="Measure the engine (and optionally a peer on the same prompt ids, in the same run) and"
+        " print the figures, their ratios and the project's targets.",
+    )  # fmt: skip
+    b.add_argument("--model", default=default_model(), help="manifest name or model folder")
+    b.add_argument("--backend", default=None, help="kernel backend: ref, cpu, ... (default fastest)")
+    b.add_argument("--quant", default=None, choices=QUANT_MODES, help=f"weight format (default {DEFAULT_QUANT})")
+    b.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request (default 128)")
+    b.add_argument("--gen", type=int, default=128, help="new tokens per request, EOS ignored (default 128)")
+    b.add_argument("--requests", default="1,4,8,16", help="concurrency levels, comma-separated (default 1,4,8,16)")
+    b.add_argument("--peer", default="none", choices=["none", "llama.cpp", "mlx-lm"], help="peer to compare with")
+    b.add_argument("--reps", type=int, default=3, help="single-stream runs, engine and peer alternating (median)")
+    b.add_argument("--contend", action="store_true", help="also measure decode while a busy loop holds one core")
+    b.add_argument("--contend-gen", type=int, default=None, help="tokens per run under contention (default 32)")
+    b.add_argument("--peer-gen", type=int, default=None, help="peer's new tokens (default --gen; mlx-lm 8)")
+    b.add_argument("--peer-gguf", type=Path, default=None, help="GGUF for llama.cpp (default: the model's)")
+    b.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    b.add_argument("--no-cache-tokens", type=int, default=8, help="no-cache tokens timed per request (default 8)")
+    b.add_argument("--no-cache-requests", type=int, default=1, help="requests timed on the no-cache path")
+    b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    b.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

@@ -84,7 +84,8 @@ def generate(
     *,
     use_cache: bool = True,
 ) -> Iterator[TokenEvent | FinishEvent]:
-    """Stream tokens for one prompt. Stops on an EOS token, a stop string, or max_tokens / the context."""
+    """Stream tokens for one prompt. Stops on an EOS token (unless `params.ignore_eos`), a stop string, or
+    max_tokens / the context."""
     context = model.args.max_position_embeddings
     check_prompt(prompt_ids, context)
     max_new = min(params.max_tokens, context - len(prompt_ids))
@@ -92,6 +93,7 @@ def generate(
     detok = StreamingDetokenizer(tokenizer)
     stops = StopStringMatcher(list(params.stop))
     cache = model.make_cache() if use_cache else None
+    eos_ids = frozenset() if params.ignore_eos else frozenset(tokenizer.eos_token_ids)
     seq = list(prompt_ids)
     out_ids: list[int] = []
     text_parts: list[str] = []
@@ -103,7 +105,7 @@ def generate(
     t1 = time.perf_counter()
     for i in range(max_new):
         rec = sampler(logits, seq)
-        if rec.token in tokenizer.eos_token_ids:
+        if rec.token in eos_ids:
             reason = "eos"
             break
         seq.append(rec.token)

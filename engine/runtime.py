@@ -122,14 +122,17 @@ class Engine:
         backend: str | None = None,
         config: EngineConfig | None = None,
         max_waiting: int | None = None,
+        quant: str | None = None,
     ) -> None:
-        """Start the engine thread and load `model` (a manifest name or a folder) on it."""
+        """Start the engine thread and load `model` (a manifest name or a folder) on it. quant: the linear
+        layers' weight format (None = the loader's default, q8_0)."""
         config = config or EngineConfig()
         if max_waiting is not None:
             config = EngineConfig(**{**config.__dict__, "max_waiting": max_waiting})
         self.config = config
         self.model_name = model
         self.backend = backend
+        self.quant = quant
         self.max_waiting = config.max_waiting
         self._ids = itertools.count(1)
         self._ready = threading.Event()
@@ -275,7 +278,8 @@ class Engine:
         from engine.loader import load_model
 
         try:
-            self.loaded = load_model(self.model_name, backend=self.backend, quiet=True)
+            quant = {} if self.quant is None else {"quant": self.quant}
+            self.loaded = load_model(self.model_name, backend=self.backend, quiet=True, **quant)
             self._core = EngineCore(self.loaded.model, self.config)
         except BaseException as e:  # reported to callers by wait_ready()
             log.exception("model load failed")

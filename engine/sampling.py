@@ -30,6 +30,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     logprobs: int = 10  # how many top raw log-probabilities each token event carries
+    ignore_eos: bool = False  # keep generating through EOS tokens until max_tokens (benchmarks)
 
     def __post_init__(self) -> None:
         checks = [
@@ -45,6 +46,7 @@ class SamplingParams:
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
             (self.logprobs >= 0, "logprobs must be >= 0"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (isinstance(self.ignore_eos, bool), "ignore_eos must be true or false"),
         ]
         for ok, msg in checks:
             if not ok:

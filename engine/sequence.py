@@ -56,7 +56,9 @@ class Sequence:
         self.num_cached = 0  # tokens whose K/V are in the cache
         self.output_ids: list[int] = []
         self.sampler = Sampler(params)
-        self.eos_ids = frozenset(tokenizer.eos_token_ids) if tokenizer is not None else frozenset()
+        # Ids that finish the request: the tokenizer's EOS set, empty when the params say ignore_eos.
+        use_eos = tokenizer is not None and not params.ignore_eos
+        self.eos_ids = frozenset(tokenizer.eos_token_ids) if use_eos else frozenset()
         self._detok = StreamingDetokenizer(tokenizer) if tokenizer is not None else None
         self._stops = StopStringMatcher(list(params.stop))
         self._text: list[str] = []
@@ -87,7 +89,8 @@ class Sequence:
         return self.status is Status.FINISHED
 
     def accept(self, rec: SampleRecord) -> None:
-        """Take one sampled token: stream it, and finish on EOS, a stop string or the length limit."""
+        """Take one sampled token: stream it, and finish on EOS (unless ignore_eos), a stop string or the
+        length limit."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if rec.token in self.eos_ids:

@@ -32,11 +32,9 @@ def prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 def run_batch(model, tokenizer, batch: list[list[int]], new: int, chunk: int) -> dict:
     cfg = EngineConfig(max_batch=len(batch), prefill_chunk=chunk, max_tokens_per_step=max(512, len(batch)))
     core = EngineCore(model, cfg)
-    params = SamplingParams(temperature=0, max_tokens=new, logprobs=0)
+    params = SamplingParams(temperature=0, max_tokens=new, logprobs=0, ignore_eos=True)  # exactly `new` tokens
     for i, ids in enumerate(batch):
-        seq = Sequence(i, ids, params, new, tokenizer=tokenizer)
-        seq.eos_ids = frozenset()  # every request makes exactly `new` tokens
-        core.add(seq)
+        core.add(Sequence(i, ids, params, new, tokenizer=tokenizer))
     t0 = time.perf_counter()
     steps = core.run()
     wall = time.perf_counter() - t0
@@ -63,7 +61,7 @@ def main() -> None:
     all_prompts = prompts(lm.tokenizer, max(args.concurrency), args.prompt_tokens)
 
     # Peer: single-stream generate() (the week-1 path), same prompt length and token count.
-    params = SamplingParams(temperature=0, max_tokens=args.new_tokens, logprobs=0)
+    params = SamplingParams(temperature=0, max_tokens=args.new_tokens, logprobs=0, ignore_eos=True)
     fin = list(generate(lm.model, lm.tokenizer, all_prompts[0], params))[-1]
     single = fin.decode_tps
     print(

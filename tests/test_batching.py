@@ -85,6 +85,30 @@ def test_batched_greedy_equals_single_stream_token_for_token(tiny_lm, chunk):
         assert (fin.reason, fin.text) == (ref.reason, ref.text)
 
 
+def test_ignore_eos_generates_through_eos_in_generate_and_in_batching(tiny_lm, monkeypatch):
+    """Make the 3rd greedy token an EOS: it ends both paths early, unless the params say ignore_eos."""
+    from dataclasses import replace
+
+    params = SamplingParams(temperature=0, max_tokens=8, logprobs=0)
+    full = single_stream(tiny_lm, PROMPTS[0], params).token_ids
+    assert len(full) == 8, "the tiny model hit a real EOS; pick another prompt"
+    k = full.index(full[2])  # where that token first appears
+    monkeypatch.setattr(tiny_lm.tokenizer, "_eos_ids", frozenset({full[2]}))
+    ignoring = replace(params, ignore_eos=True)
+
+    stopped, kept = single_stream(tiny_lm, PROMPTS[0], params), single_stream(tiny_lm, PROMPTS[0], ignoring)
+    assert (stopped.reason, stopped.token_ids) == ("eos", full[:k])
+    assert (kept.reason, kept.token_ids) == ("length", full)
+
+    core = EngineCore(tiny_lm.model, EngineConfig(max_batch=2))
+    rec = Recorder()
+    core.add(rec.seq(tiny_lm, 0, PROMPTS[0], params))
+    core.add(rec.seq(tiny_lm, 1, PROMPTS[0], ignoring))
+    core.run(max_steps=100)
+    assert (rec.final(0).reason, rec.tokens(0)) == ("eos", full[:k])
+    assert (rec.final(1).reason, rec.tokens(1)) == ("length", full)
+
+
 def test_sampled_requests_keep_their_own_seeded_stream(tiny_lm):
     """Per-request sampling params: a seeded request gives the same tokens alone and in a batch."""
     mixed = [

@@ -121,6 +121,7 @@ def test_sample_record_reports_raw_logprobs_and_kept_probability():
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ("",)}, "stop"),
+        ({"ignore_eos": 1}, "ignore_eos"),
     ],
 )
 def test_invalid_sampling_params_are_rejected(kw, msg):
