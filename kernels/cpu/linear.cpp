@@ -87,36 +87,16 @@ struct Ops {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  // Q8_0 x Q8_0 blocks (quant_kernels.inc): 32 int8 per block, 8 float partial sums per accumulator.
-  using I8 = __m256i;
-  using F8 = __m256;
-  TL_ATTR static inline I8 i8_load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  TL_ATTR static inline I8 i8_abs(I8 w) { return _mm256_abs_epi8(w); }
-  TL_ATTR static inline F8 f8_zero() { return _mm256_setzero_ps(); }
-  // acc + s[0] * (w . x) for one block; aw = |w|, and x takes w's sign, so the u8 x s8 product is exact (VNNI).
-  TL_ATTR static inline F8 dot_i8_madd(I8 aw, I8 w, I8 x, const float* s, F8 acc) {
-    const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(x, w));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  // The two steps the x86 int8 kernels do differently (the rest is int8_ymm_ops.inc):
+  // u8 x s8 dot product, 4 products summed per int32 lane (VNNI: one instruction, no saturation).
+  TL_ATTR static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
   }
-  TL_ATTR static inline float f8_hsum(F8 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-  // Q5_0 block (16 nibble bytes + 32 fifth bits) -> 32 unsigned bytes q + 16 in [0, 31].
-  TL_ATTR static inline I8 q5_load(const uint8_t* qs, uint32_t qh) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
-    b = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+  // b + 0x10 in every byte whose bit is set in qh (Q5_0's fifth bits).
+  TL_ATTR static inline __m256i add_fifth_bits(__m256i b, uint32_t qh) {
     return _mm256_mask_add_epi8(b, static_cast<__mmask32>(qh), b, _mm256_set1_epi8(0x10));
   }
-  // acc + s[0] * (u . x), u unsigned (VNNI).
-  TL_ATTR static inline F8 dot_u8_madd(I8 u, I8 x, const float* s, F8 acc) {
-    const __m256i d = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
-  }
-  TL_ATTR static inline void i8_store(int8_t* p, I8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+#include "int8_ymm_ops.inc"
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
@@ -174,30 +154,15 @@ struct Ops {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  // Q8_0 x Q8_0 blocks (quant_kernels.inc): 32 int8 per block, 8 float partial sums per accumulator.
-  using I8 = __m256i;
-  using F8 = __m256;
-  TL_ATTR static inline I8 i8_load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  TL_ATTR static inline I8 i8_abs(I8 w) { return _mm256_abs_epi8(w); }
-  TL_ATTR static inline F8 f8_zero() { return _mm256_setzero_ps(); }
-  // acc + s[0] * (w . x) for one block; aw = |w|, and x takes w's sign, so the u8 x s8 product is exact
-  // (pairs of products stay within int16: 2 * 127 * 127 < 32767).
-  TL_ATTR static inline F8 dot_i8_madd(I8 aw, I8 w, I8 x, const float* s, F8 acc) {
-    const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
+  // The two steps the x86 int8 kernels do differently (the rest is int8_ymm_ops.inc):
+  // u8 x s8 dot product, 4 products summed per int32 lane: pairs in int16 first, which cannot saturate
+  // here (|w| <= 127 against x in [-127, 127], or u <= 31): 2 * 127 * 127 < 32767.
+  TL_ATTR static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
   }
-  TL_ATTR static inline float f8_hsum(F8 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
-  // Q5_0 block (16 nibble bytes + 32 fifth bits) -> 32 unsigned bytes q + 16 in [0, 31].
-  TL_ATTR static inline I8 q5_load(const uint8_t* qs, uint32_t qh) {
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
-    b = _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-    // byte i of qh's broadcast -> lanes 8i..8i+7; each lane keeps its own bit, then 0xFF where set
+  // b + 0x10 in every byte whose bit is set in qh: byte i of qh's broadcast goes to lanes 8i..8i+7,
+  // each lane keeps its own bit, then 0xFF where set (no AVX-512 mask registers here).
+  TL_ATTR static inline __m256i add_fifth_bits(__m256i b, uint32_t qh) {
     const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
                                           3, 3, 3, 3, 3, 3, 3, 3);
     __m256i bits = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(qh)), shuf);
@@ -205,12 +170,7 @@ struct Ops {
     bits = _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1));
     return _mm256_or_si256(b, _mm256_and_si256(bits, _mm256_set1_epi8(0x10)));
   }
-  // acc + s[0] * (u . x), u unsigned in [0, 31] (pairs stay far inside int16).
-  TL_ATTR static inline F8 dot_u8_madd(I8 u, I8 x, const float* s, F8 acc) {
-    const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_broadcast_ss(s), acc);
-  }
-  TL_ATTR static inline void i8_store(int8_t* p, I8 v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+#include "int8_ymm_ops.inc"
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
