@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <stdexcept>
 #include <vector>
 
@@ -23,8 +24,14 @@
 
 namespace tiny_llm {
 
-static constexpr int64_t kQSkinnyMaxM = 16;  // integer GEMV below this many rows (measured: it beats
-                                               // dequantize + float GEMM up to M = 15)
+// Integer GEMV below this many rows of x, dequantize + float GEMM from there (env TINY_LLM_QGEMV_ROWS).
+static int64_t qgemv_max_rows() {
+  static const int64_t v = [] {
+    const char* env = std::getenv("TINY_LLM_QGEMV_ROWS");
+    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t{16};
+  }();
+  return v;
+}
 static constexpr double kQMinParallelFlops = 2.0e5;
 
 // Q8_0 activations, as ggml's quantize_row_q8_0 (but scales kept in float32): per block of 32,
@@ -94,7 +101,7 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
   }
   thread_local std::vector<int8_t> xq_buf;
   thread_local std::vector<float> dx_buf, xs_buf, xr_buf;
-  const bool gemv = M < kQSkinnyMaxM;
+  const bool gemv = M < qgemv_max_rows();
   if (f == QFormat::Q8_0 || f == QFormat::Q5_0) {
     const int64_t nb = M * (K / kQ8Block);
     if (static_cast<int64_t>(xq_buf.size()) < M * K) xq_buf.resize(M * K);
