@@ -253,6 +253,22 @@ class Engine:
             self._cv.notify()
         return call.future.result(timeout)
 
+    def warm_up(self, timeout: float | None = None) -> float:
+        """Generate two tokens for a short chat prompt, outside the batch (snapshots show nothing), so the
+        first real request does not pay the one-off costs: compiling the chat template, MLX's first
+        allocations, starting the kernels' threads. Returns the seconds it took."""
+        from engine.generate import generate
+
+        t0 = time.perf_counter()
+        ids = self.encode_prompt([{"role": "user", "content": "Say hi."}])
+
+        def run(lm) -> None:
+            for _ in generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0.0, max_tokens=2)):
+                pass
+
+        self.run_on_engine_thread(run, timeout)
+        return time.perf_counter() - t0
+
     def inspect(self, token_ids: list[int], **kwargs: Any):
         """engine.inspect.inspect_forward on the loaded model (readable path): attention, q/k around RoPE,
         hidden states, as numpy. Runs between batching steps, so generation pauses for one forward."""

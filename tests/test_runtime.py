@@ -229,3 +229,17 @@ def test_load_failure_is_reported_by_wait_ready(tmp_path):
     eng = Engine(str(tmp_path))  # an empty folder: no config.json
     with pytest.raises(RuntimeError, match="could not load model"):
         eng.wait_ready(30)
+
+
+def test_warm_up_runs_outside_the_batch_and_leaves_no_trace(engine):
+    before = engine.snapshot()
+    assert engine.warm_up(timeout=60) > 0
+    after = engine.snapshot()
+    assert (after.served, after.steps, after.timings, after.free_slots) == (
+        before.served,
+        before.steps,
+        before.timings,
+        before.free_slots,
+    )
+    events = collect(engine.submit(" the thin", SamplingParams(temperature=0, max_tokens=3)))
+    assert events[-1].reason in ("length", "eos") and engine.snapshot().served == before.served + 1
