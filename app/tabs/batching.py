@@ -6,7 +6,8 @@ Rules it keeps:
   only when the snapshot changed. Figures come from viz/batching.py (pure functions).
 - The views are made once per snapshot for every session (SharedViews): building the two plotly figures
   costs ~100+ ms of CPU, which the engine needs, so 30 students polling must not build them 30 times.
-  They are rebuilt at most once per REBUILD_S and handed out already serialized.
+  They are rebuilt at most once per REBUILD_S (half the poll period, so each poll of a session still gets
+  a newer picture when there is one) and handed out already serialized.
 - The class demo submits N real requests (varied prompts, moderate max_tokens) through the same
   `engine.submit()` every browser session uses, so they batch with whatever else is running. Their
   handles live in a server-side table here (a dropped handle would cancel its request), each drained by a
@@ -35,7 +36,7 @@ from viz.batching import cache_occupancy, requests_table_html, step_timeline, su
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
-REBUILD_S = 0.9 * POLL_S  # the shared views are rebuilt at most this often, however many sessions poll
+REBUILD_S = 0.5 * POLL_S  # the shared views are rebuilt at most this often, however many sessions poll
 MAX_DEMO = 16  # the demo slider's maximum
 CHAT_SLOTS = 4  # slots python -m app keeps beyond MAX_DEMO, so chats join the batch during a full demo
 MAX_LABELS = 1024  # ids remembered; the views show at most ~200 (live, 32 finished, the last 128 steps)
@@ -176,15 +177,15 @@ class SharedViews:
     def get(self, *, fresh: bool = False) -> tuple[tuple, tuple]:
         """(key, (summary HTML, cache plot, table HTML, timeline plot)); `fresh` ignores the minimum age."""
         with self._lock:
-            if self._views is None or fresh or time.monotonic() - self._built_at >= self.min_age_s:
+            now = time.monotonic()
+            if self._views is None or fresh or now - self._built_at >= self.min_age_s:
                 snap = self.engine.snapshot()
                 key = snapshot_key(snap, self.labels)
-                if key != self._key:
+                if key != self._key:  # age counts from the snapshot taken, not from the end of the build
                     summary, cache_fig, table, timeline = views(snap, self.labels)
                     self._views = (summary, self.serialize(cache_fig), table, self.serialize(timeline))
-                    self._key = key
+                    self._key, self._built_at = key, now
                     self.builds += 1
-                self._built_at = time.monotonic()
             return self._key, self._views
 
 
