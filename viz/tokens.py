@@ -5,9 +5,9 @@ the distribution it was drawn from, on the cividis scale (sequential, made for c
 deficiencies, readable in greyscale); the text colour flips to stay legible on dark cells. Each token is
 a `<span class="tok" data-i="k">`: the Chat tab's click handler reads `data-i` to pick the step to show.
 
-Cheap enough to redraw while a reply streams: colours come from a 256-step table (sampling plotly's
-colourscale costs ~0.4 ms a call), and `token_span` / `token_view` let a caller keep the spans it already
-made and add one per new token instead of rebuilding the whole reply.
+Cheap enough to redraw while a reply streams: colours come from a 256-step table (viz.layout.cividis),
+and `token_span` / `token_view` let a caller keep the spans it already made and add one per new token
+instead of rebuilding the whole reply.
 """
 
 from __future__ import annotations
@@ -16,23 +16,15 @@ import functools
 import html
 from collections.abc import Sequence
 
-import plotly.express as px
+from viz.layout import cividis
 
-SCALE = "Cividis"
 _STEPS = 11  # legend swatches: 0 %, 10 %, ... 100 %
-_LEVELS = 256  # colour table steps: neighbouring colours differ by less than the eye can tell
 UNKNOWN = "#d0d0d0"  # a token whose probability was not recorded
-
-
-@functools.cache
-def _colour_table() -> tuple[str, ...]:
-    return tuple(px.colors.sample_colorscale(SCALE, [i / (_LEVELS - 1) for i in range(_LEVELS)]))
 
 
 def prob_colour(p: float) -> str:
     """Cividis colour of a probability in [0, 1] (clipped, 256 steps), as an 'rgb(r, g, b)' string."""
-    p = min(max(float(p), 0.0), 1.0)
-    return _colour_table()[round(p * (_LEVELS - 1))]
+    return cividis(p)
 
 
 @functools.cache
