@@ -66,9 +66,7 @@ def test_requests_table_and_summary_show_timings():
     out = requests_table_html(t, {7: "demo"})
     assert "#7 demo" in out and "1.25 s" in out and "6.5 tok/s" in out and "—" in out
     assert out.count("<tr") == 3
-    snap = NS(
-        running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True
-    )
+    snap = NS(running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True)
     s = summary_html(snap)
     assert "14 / 16" in s and "12.3" in s and ">9<" in s
     assert request_label(4) == "#4"

@@ -32,9 +32,7 @@ def _labels(tokens: list[str]) -> list[str]:
     return [f"{i}:{short(t)}" for i, t in enumerate(tokens)]
 
 
-def attention_heatmap(
-    probs: np.ndarray, tokens: list[str], layer: int, head: int, *, gamma: float = 0.5
-) -> go.Figure:
+def attention_heatmap(probs: np.ndarray, tokens: list[str], layer: int, head: int, *, gamma: float = 0.5) -> go.Figure:
     """Query (rows, top to bottom) x key (columns) attention weights of one head.
 
     probs: (L, L), row i sums to 1 over keys 0..i. tokens: L display strings. Hover: "query → key: weight".
@@ -156,7 +154,7 @@ def attention_overview_html(result, metric: str = "entropy", selected: tuple[int
         f'<div class="ov" data-metric="{metric}"><div class="ov-title">{title}'
         f'<span class="ov-sub">{hint} · click a cell to show that head</span></div>'
         f'<table class="ov-grid"><thead><tr><th class="ov-corner">layer \\ head</th>{head}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
         f'<div class="ov-legend"><span>{lo:.2f}</span><span class="ov-bar" style="background:'
         f'linear-gradient(to right, {stops})"></span><span>{hi:.2f} {unit}</span></div></div>'
     )

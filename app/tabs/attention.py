@@ -77,9 +77,7 @@ def build(engine, store: InspectionStore) -> AttentionTab:
             with gr.Row():
                 layer = gr.Slider(0, 23, value=0, step=1, label="Layer", buttons=[], elem_id="attn-layer")
                 head = gr.Slider(0, 13, value=0, step=1, label="Head", buttons=[], elem_id="attn-head")
-            metric = gr.Radio(
-                list(METRICS), value="entropy (focus)", label="Overview colour", elem_id="attn-metric"
-            )
+            metric = gr.Radio(list(METRICS), value="entropy (focus)", label="Overview colour", elem_id="attn-metric")
             overview = gr.HTML(OVERVIEW_EMPTY, elem_id="attn-overview", js_on_load=OVERVIEW_CLICK_JS, padding=False)
             gr.HTML('<div class="hint">Outlined cell = the head on the left. Click a cell, or use the sliders.</div>')
     gqa = gr.Plot(message_figure("grouped-query attention"), show_label=False, elem_id="attn-gqa")

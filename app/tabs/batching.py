@@ -110,9 +110,7 @@ class DemoRequests:
             self.labels[handle.id] = "demo"
             with self._lock:
                 self._handles[handle.id] = handle
-            threading.Thread(
-                target=self._drain, args=(handle,), name=f"demo-{handle.id}", daemon=True
-            ).start()
+            threading.Thread(target=self._drain, args=(handle,), name=f"demo-{handle.id}", daemon=True).start()
             ids.append(handle.id)
         return ids
 
@@ -265,7 +263,5 @@ def build(engine, labels: MutableMapping[int, str]) -> BatchingTab:
                concurrency_limit=2, concurrency_id="batching_poll")  # fmt: skip
     start.click(start_demo, [n_requests, demo_tokens], [demo_status, *outputs], api_name="demo_start",
                 concurrency_limit=None, show_progress="hidden")  # fmt: skip
-    cancel.click(
-        cancel_demo, None, demo_status, api_name="demo_cancel", concurrency_limit=None, show_progress="hidden"
-    )
+    cancel.click(cancel_demo, None, demo_status, api_name="demo_cancel", concurrency_limit=None, show_progress="hidden")
     return BatchingTab(timer=timer, refresh=force_refresh, inputs=[], outputs=outputs, demo=demo, shared=shared)

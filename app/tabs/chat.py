@@ -252,15 +252,11 @@ def step_figure(records: list[StepRecord], index: float | None, temp: float, k: 
     i = min(max(int(index or 0), 0), len(records) - 1)
     r = records[i]
     if not r.top_logprobs:
-        return message_figure(
-            f"Token {i} has no recorded distribution.", "Next-token distribution", height=480
-        )
+        return message_figure(f"Token {i} has no recorded distribution.", "Next-token distribution", height=480)
     top_k = int(k) if float(k).is_integer() and k >= 0 else 0
     top_p = min(max(float(p), 0.01), 1.0)
     drawn = r.top_ids.index(r.token) if r.token in r.top_ids else None
-    label = f"token {i} {piece(r.token)!r}" + (
-        "" if drawn is not None else " (drawn token outside the top shown)"
-    )
+    label = f"token {i} {piece(r.token)!r}" + ("" if drawn is not None else " (drawn token outside the top shown)")
     return sampling_distribution(
         [piece(t) for t in r.top_ids], list(r.top_logprobs), temperature=max(float(temp), 0.0), top_k=top_k,
         top_p=top_p, min_p=min(max(float(mp), 0.0), 1.0), drawn=drawn, step_label=label,
@@ -353,8 +349,7 @@ def build(engine: Engine, labels: MutableMapping[int, str] | None = None) -> Cha
                     max_tokens = gr.Slider(1, 2048, value=256, step=1, label="Max tokens", buttons=[])
                     seed = gr.Number(value=-1, precision=0, label="Seed (−1 = random)")
             gr.HTML(
-                '<div class="hint">Off: top-k 0 · top-p 1 · min-p 0 · penalty 1. '
-                "Temperature 0 = greedy.</div>",
+                '<div class="hint">Off: top-k 0 · top-p 1 · min-p 0 · penalty 1. Temperature 0 = greedy.</div>',
                 elem_id="sampling-hint",
             )
     with gr.Row(equal_height=False):
@@ -429,9 +424,7 @@ def build(engine: Engine, labels: MutableMapping[int, str] | None = None) -> Cha
         def done():  # the token view with the most surprising token selected, and the slider on it
             sel = least_likely(records)
             note = "" if sel is None else f"outlined: token {sel}, the least likely drawn token"
-            return tokens_view(records, sel, note), gr.update(
-                maximum=max(len(records) - 1, 1), value=sel or 0
-            )
+            return tokens_view(records, sel, note), gr.update(maximum=max(len(records) - 1, 1), value=sel or 0)
 
         try:
             yield (
