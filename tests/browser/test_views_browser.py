@@ -79,6 +79,10 @@ def test_inspect_renders_attention_rope_and_lens(page):
     page.wait_for_selector('#attn-overview td.sel[data-l="3"][data-h="7"]', timeout=30_000)
     assert page.input_value('#attn-layer input[type="number"]') == "3"
     assert page.input_value('#attn-head input[type="number"]') == "7"
+    page.locator("#attn-overview .ov-legend").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, 60)")
+    page.mouse.move(5, 5)  # no hover outline in the picture
+    shot(page, "attention_overview.png")
 
     open_tab(page, "RoPE")
     pairs = plot_info(page, "rope-pairs", timeout_ms=60_000)
