@@ -43,7 +43,7 @@ def header_html(model: str) -> str:
 def build_app(engine) -> gr.Blocks:
     """The whole page around `engine` (an engine.Engine). Tabs are built first, then app-level events."""
     inspections = InspectionStore()  # the inspected prompt the Attention, RoPE and Lens tabs share
-    labels: dict[int, str] = {}  # request id -> who sent it ("chat", "demo"), for the batching view
+    labels = batching.RequestLabels()  # request id -> who sent it ("chat", "demo"), for the batching view
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.HTML(header_html(engine.model_name))
         with gr.Tabs() as tabs:

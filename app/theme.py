@@ -107,4 +107,22 @@ CSS = f"""
 .course-table .tab-ref {{ font-weight: 600; color: {BLUE}; }}
 .course-table code {{ font-size: 0.95rem; }}
 .course-note {{ font-size: 0.92rem; color: #444; }}
+#attn-overview .ov {{ padding: 0.2rem 0.1rem; }}
+#attn-overview .ov-title {{ font-size: 1.15rem; font-weight: 600; color: {INK}; margin-bottom: 0.2rem; }}
+#attn-overview .ov-sub {{ display: block; font-size: 0.95rem; font-weight: 400; color: #333; }}
+#attn-overview .ov-grid {{ border-collapse: separate; border-spacing: 2px; margin: 0; width: auto;
+    border: none !important; }}
+#attn-overview .ov-grid th, #attn-overview .ov-grid td, #attn-overview .ov-grid tr {{ border: none !important;
+    background-color: transparent; }}
+#attn-overview .ov-grid td {{ width: 1.45rem; min-width: 1.45rem; height: 1rem; padding: 0 !important; cursor: pointer;
+    border-radius: 2px; }}
+#attn-overview .ov-grid td:hover {{ outline: 2px solid {INK}; }}
+#attn-overview .ov-grid td.sel {{ outline: 3px solid {VERMILLION}; outline-offset: 1px; }}
+#attn-overview .ov-grid th {{ font-size: 0.8rem; font-weight: 500; color: #333; padding: 0 0.3rem !important;
+    text-align: right; font-variant-numeric: tabular-nums; line-height: 1; }}
+#attn-overview .ov-grid thead th {{ text-align: center; }}
+#attn-overview .ov-grid th.ov-corner {{ font-size: 0.75rem; white-space: nowrap; }}
+#attn-overview .ov-legend {{ display: flex; align-items: center; gap: 0.4rem; font-size: 0.9rem; color: #333;
+    margin-top: 0.3rem; font-variant-numeric: tabular-nums; }}
+#attn-overview .ov-bar {{ display: inline-block; width: 12rem; height: 0.8rem; border-radius: 2px; }}
 """

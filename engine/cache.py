@@ -47,6 +47,12 @@ class KVCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of storage the cache holds now (buffers may be larger than what is stored)."""
+        return 0
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes of the keys and values of the `offset` tokens stored."""
         return 0
 
 
@@ -94,6 +100,10 @@ class DenseKVCache(KVCache):
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
+    @property
+    def used_nbytes(self) -> int:  # offset x (B x H_kv x D x itemsize, keys and values)
+        return 0 if self.keys is None else self.offset * (self.nbytes // self.keys.shape[2])
+
 
 class BatchKVCache(KVCache):
     """One layer's view over B per-sequence caches of different lengths, for one batched forward.
@@ -139,6 +149,10 @@ class BatchKVCache(KVCache):
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.rows)
+
+    @property
+    def used_nbytes(self) -> int:
+        return sum(c.used_nbytes for c in self.rows)
 
 
 def make_cache(num_layers: int) -> list[KVCache]:

@@ -56,7 +56,8 @@ class RequestState:
     prompt_tokens: int
     generated: int
     cache_tokens: int
-    cache_bytes: int
+    cache_bytes: int  # K/V bytes of the cached tokens
+    allocated_bytes: int = 0  # bytes of the slot's cache buffers (grown in steps, so >= cache_bytes)
 
 
 class EngineCore:
@@ -141,6 +142,7 @@ class EngineCore:
                 generated=len(s.output_ids),
                 cache_tokens=s.num_cached,
                 cache_bytes=self.runner.cache_bytes(s.slot),
+                allocated_bytes=self.runner.allocated_bytes(s.slot),
             )
             for s in self._all()
         )

@@ -33,6 +33,11 @@ class ModelRunner:
             c.release()
 
     def cache_bytes(self, slot: int | None) -> int:
+        """Bytes of the K/V of the tokens cached in `slot` (tokens x layers x 2 x kv heads x head dim x dtype)."""
+        return sum(c.used_nbytes for c in self._caches.get(slot, [])) if slot is not None else 0
+
+    def allocated_bytes(self, slot: int | None) -> int:
+        """Bytes of the buffers behind `slot` (dense caches grow in steps of 256 tokens)."""
         return sum(c.nbytes for c in self._caches.get(slot, [])) if slot is not None else 0
 
     def decode(self, seqs: list[Sequence]) -> np.ndarray:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 Event = TokenEvent | FinishEvent | ErrorEvent
 RECENT_FINISHED = 32  # finished requests whose timings the snapshot keeps
+_LIVE = ("waiting", "prefilling", "decoding")  # RequestTiming.status of a request not finished yet
 
 
 class EngineBusyError(RuntimeError):
@@ -233,16 +234,23 @@ class Engine:
         return handle
 
     def snapshot(self) -> EngineSnapshot:
-        """The state after the latest step; `waiting` also lists requests submitted since then."""
+        """The state after the latest step; `waiting` and `timings` also list requests submitted since then
+        (a step can take seconds: a page must see a request it just sent)."""
         with self._cv:  # the engine thread may have taken new requests since its last step
-            snap, inbox = self._snap, self._core_waiting + tuple(s.id for s in self._inbox)
+            snap, inbox = self._snap, list(self._inbox)
+            waiting = self._core_waiting + tuple(s.id for s in inbox)
         ready = self._ready.is_set() and self._load_error is None
         if snap is None:
             c = self.config
             return EngineSnapshot(
-                self.model_name, ready, (), inbox, 0, c.max_batch, c.max_batch, c.cache_tokens, (), (), 0.0, c
+                self.model_name, ready, (), waiting, 0, c.max_batch, c.max_batch, c.cache_tokens, (), (), 0.0, c
             )
-        return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": inbox})
+        timings = snap.timings
+        if inbox:  # live requests first, then the recently finished
+            now = time.perf_counter()
+            n_live = sum(t.status in _LIVE for t in timings)
+            timings = timings[:n_live] + tuple(_timing(s, now) for s in inbox) + timings[n_live:]
+        return EngineSnapshot(**{**snap.__dict__, "ready": ready, "waiting": waiting, "timings": timings})
 
     def run_on_engine_thread(self, fn: Callable[[Any], Any], timeout: float | None = None) -> Any:
         """Run `fn(loaded_model)` on the engine thread between steps and return its result (or raise its
@@ -255,6 +263,22 @@ class Engine:
             self._calls.append(call)
             self._cv.notify()
         return call.future.result(timeout)
+
+    def warm_up(self, timeout: float | None = None) -> float:
+        """Generate two tokens for a short chat prompt, outside the batch (snapshots show nothing), so the
+        first real request does not pay the one-off costs: compiling the chat template, MLX's first
+        allocations, starting the kernels' threads. Returns the seconds it took."""
+        from engine.generate import generate
+
+        t0 = time.perf_counter()
+        ids = self.encode_prompt([{"role": "user", "content": "Say hi."}])
+
+        def run(lm) -> None:
+            for _ in generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0.0, max_tokens=2)):
+                pass
+
+        self.run_on_engine_thread(run, timeout)
+        return time.perf_counter() - t0
 
     def inspect(self, token_ids: list[int], **kwargs: Any):
         """engine.inspect.inspect_forward on the loaded model (readable path): attention, q/k around RoPE,
@@ -301,6 +325,8 @@ class Engine:
                     core.add(seq)
                     self._live[seq.id] = seq
                 self._core_waiting = tuple(s.id for s in core.scheduler.waiting)
+                if new:  # shown as waiting now, not after the (maybe long) step that admits them
+                    self._publish()  # under the lock (re-entrant), so no snapshot misses them in between
             for call in calls:
                 call.run(self.loaded)
             if not core.has_work:

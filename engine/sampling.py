@@ -118,6 +118,30 @@ def min_p_mask(probs_sorted: np.ndarray, min_p: float) -> np.ndarray:
     return probs_sorted >= min_p * probs_sorted[0]
 
 
+def descending_order(logits: np.ndarray, k: int = 0) -> np.ndarray:
+    """Token ids by logit, largest first, ties in id order: `np.argsort(-logits, kind="stable")`, or its
+    first k entries (k = 0: all).
+
+    The stable sort of a 152k vocabulary takes ~20 ms, most of a decode step's sampling time. When the
+    values are float32 numbers (the model's logits, unless a repetition penalty rescaled them), each value's
+    order-preserving 32-bit key and its id are packed into one int64; these are all distinct, so numpy's
+    plain sort (or a partition, for the first k) gives exactly the same order, several times faster.
+    Anything else takes the stable sort.
+    """
+    logits = np.asarray(logits).reshape(-1)
+    k = k if 0 < k < logits.size else 0
+    v = logits.astype(np.float32)
+    if logits.size >= 2**32 or not np.array_equal(v, logits):  # not float32 values, or a NaN
+        order = np.argsort(-logits, kind="stable")
+        return order[:k] if k else order
+    bits = (v + np.float32(0.0)).view(np.int32).astype(np.int64)  # + 0: -0.0 becomes +0.0 (they tie)
+    key = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # ascending with the float value (finite or inf)
+    packed = (-key << 32) | np.arange(logits.size, dtype=np.int64)  # (-value, id) in one integer
+    if k:
+        packed = np.partition(packed, k - 1)[:k]
+    return np.sort(packed) & 0xFFFFFFFF
+
+
 def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[int] = ()) -> Distribution:
     """The filtered, renormalized distribution the draw uses.  logits: (V,) for one position."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
@@ -128,8 +152,10 @@ def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[i
         logits = apply_repetition_penalty(logits, hist, params.repetition_penalty)
     if params.greedy:
         return Distribution(np.array([int(np.argmax(logits))]), np.array([1.0]))
-    order = np.argsort(-logits, kind="stable")  # most probable first
-    probs = np.exp(log_softmax(logits[order] / params.temperature))  # (V,) sorted descending
+    # Most probable first (ties: lower id first). Top-k keeps a prefix of k, and every later filter sees
+    # renormalized probabilities, so with top-k on only those k are sorted and normalized.
+    order = descending_order(logits, params.top_k)
+    probs = np.exp(log_softmax(logits[order] / params.temperature))  # (V,) or (k,), sorted descending
     keep = top_k_mask(probs, params.top_k)
     # Each later filter sees the renormalized output of the earlier ones (HF warper order).
     kept = probs * keep

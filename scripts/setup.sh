@@ -25,14 +25,17 @@ fi
 echo "== fetching the model"
 .venv/bin/python -m engine fetch "${TINY_LLM_MODEL:-qwen2.5-coder-0.5b}"
 
-if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
-  echo "== installing Debian chromium for the browser tests"
+# Chromium, and CJK fonts so Chinese/Japanese tokens render as glyphs (not boxes) in the screenshots.
+if [ "${1:-}" = "--test" ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; }; then
+  echo "== installing Debian chromium and CJK fonts for the browser tests"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk >/dev/null
   elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk \
+      >/dev/null
   else
-    echo "WARNING: install chromium at /usr/bin/chromium to run the browser tests (they skip without it)" >&2
+    echo "WARNING: install chromium at /usr/bin/chromium to run the browser tests (they skip without it)," >&2
+    echo "WARNING: and fonts-noto-cjk so CJK text renders in the screenshots" >&2
   fi
 fi
 echo "== ready"

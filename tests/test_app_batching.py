@@ -100,3 +100,45 @@ def test_page_has_all_tabs_and_every_event_an_api_name(engine):
     out = poll(None)
     assert len(out) == 5 and out[-1] is not None
     assert poll(out[-1])[0].__class__.__name__ != "str", "an unchanged snapshot is skipped"
+
+
+def test_request_labels_keep_only_the_newest_ids():
+    labels = batching.RequestLabels(max_size=3)
+    for rid in range(1, 6):
+        labels[rid] = "demo" if rid % 2 else "chat"
+    assert len(labels) == 3 and list(labels) == [3, 4, 5]
+    assert labels.get(1) is None and labels[4] == "chat" and dict(labels) == {3: "demo", 4: "chat", 5: "demo"}
+
+
+class _Snapshots:
+    """An engine stand-in whose snapshot changes when the test says so."""
+
+    def __init__(self, engine) -> None:
+        self.snap = engine.snapshot()
+
+    def snapshot(self):
+        return self.snap
+
+
+def test_shared_views_are_built_once_for_many_sessions_and_rebuilt_only_when_the_snapshot_changes(engine):
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = _Snapshots(engine)
+    shared = batching.SharedViews(fake, batching.RequestLabels(), serialize=lambda fig: ("serialized", fig),
+                                  min_age_s=0.2)  # fmt: skip
+    with ThreadPoolExecutor(8) as pool:  # 8 sessions polling at once
+        results = list(pool.map(lambda _: shared.get(), range(32)))
+    assert shared.builds == 1 and len({id(views) for _, views in results}) == 1
+    key, (summary, cache_plot, table, timeline) = results[0]
+    assert cache_plot[0] == "serialized" and timeline[0] == "serialized" and "kpis" in summary
+    fake.snap = dataclasses.replace(fake.snap, served=fake.snap.served + 1)
+    assert shared.get()[0] == key and shared.builds == 1, "younger than min_age_s: the same views"
+    time.sleep(0.25)
+    assert shared.get()[0] != key and shared.builds == 2, "older and the snapshot changed: rebuilt"
+    time.sleep(0.25)
+    shared.get()
+    assert shared.builds == 2, "older but the snapshot is the same: not rebuilt"
+    fake.snap = dataclasses.replace(fake.snap, served=fake.snap.served + 1)
+    shared.get(fresh=True)
+    assert shared.builds == 3, "fresh (a tab opening) ignores the age"

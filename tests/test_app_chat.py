@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from app.main import build_app  # noqa: E402
+from app.tabs import chat  # noqa: E402
 from app.tabs.chat import build_messages, format_stats, make_params, message_text  # noqa: E402
 from engine import EngineBusyError, FinishEvent, PromptError, SamplingParams, TokenEvent  # noqa: E402
 from engine.runtime import ErrorEvent  # noqa: E402
@@ -20,14 +22,18 @@ from tests.utils import run_coroutine  # noqa: E402
 
 
 class ScriptedHandle:
-    """Yields TokenEvents for `pieces`, then a FinishEvent; `gate` (if set) holds each token back."""
+    """Yields TokenEvents for `pieces`, then a FinishEvent; `gate` (if set) holds each token back, `delay`
+    spaces them out (seconds)."""
 
-    def __init__(self, pieces: list[str], gate: threading.Event | None = None, error: str | None = None):
+    def __init__(
+        self, pieces: list[str], gate: threading.Event | None = None, error: str | None = None, delay: float = 0.0
+    ):
         self.id = 1
         self.pieces = pieces
         self.prompt_ids = [1, 2, 3]
         self.gate = gate
         self.error = error
+        self.delay = delay
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -39,6 +45,7 @@ class ScriptedHandle:
         for i, piece in enumerate(self.pieces):
             if self.gate is not None:
                 self.gate.wait(5)
+            time.sleep(self.delay)
             if self.cancelled:
                 break
             yield TokenEvent(index=i, token=100 + i, text=piece, sample=None)
@@ -161,10 +168,11 @@ def test_every_event_has_an_api_name_and_the_header_names_the_model():
 
 
 def test_reply_streams_token_by_token_and_ends_with_stats():
-    engine = ScriptedEngine()
+    engine = ScriptedEngine(delay=0.05)
     out = run_coroutine(_collect(engine, "Say hello", history=[{"role": "user", "content": "x"}]))
     replies = [item[1][-1]["content"] for item in out]
     assert replies[:4] == ["", "Hel", "Hello", "Hello!"]  # one update per token, after the placeholder
+    assert 'data-i="0"' in out[1][3], "the first token's view goes out with the first token"
     msg_box, history, stats = out[-1][:3]
     assert msg_box == ""
     assert [m["role"] for m in history] == ["user", "user", "assistant"]
@@ -173,6 +181,16 @@ def test_reply_streams_token_by_token_and_ends_with_stats():
     assert prompt[0] == {"role": "system", "content": "Be brief."}
     assert prompt[-1] == {"role": "user", "content": "Say hello"}
     assert params.max_tokens == 32 and params.seed is None
+
+
+def test_tokens_that_arrive_together_go_out_as_one_update_and_the_token_view_is_throttled():
+    engine = ScriptedEngine(pieces=["a"] * 40, delay=0.01)
+    out = run_coroutine(_collect(engine, "go"))
+    streaming = out[1:-1]
+    assert 1 <= len(streaming) <= 40 and out[-1][1][-1]["content"] == "a" * 40
+    views = [item[3] for item in streaming if isinstance(item[3], str)]
+    assert 1 <= len(views) <= 0.4 / chat.TOKEN_VIEW_EVERY_S + 2, "the token view went out with every token"
+    assert out[-1][3].count('<span class="tok" data-i=') == 40, "the final view holds every token"
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ def test_inspection_gives_every_tabs_figures(engine):
     assert res.lens is not None and res.lens.positions == lens_window(res.length)
     heat, overview = attention.figures(item, 1, 3, "entropy")
     assert heat.data[0].z.shape == (res.length, res.length)
+    assert overview.count("<td ") == res.n_layers * res.n_heads and 'data-l="1" data-h="3" class="sel"' in overview
     pairs, rel, spectrum, angles = rope.figures(item, 0, 2, 5, context=128)
     assert len(spectrum.data[0].y) == res.head_dim // 2
     fig = lens.lens_figure(item, lambda i: engine.tokenizer.id_to_piece(i, visible_whitespace=True))
@@ -68,3 +69,27 @@ def test_page_builds_with_the_new_tabs_and_named_events(engine):
     demo = build_app(engine)
     names = {d.api_name for d in demo.fns.values()}
     assert {"inspect", "attention_view", "rope_view", "lens_window", "rope_after_inspect"} <= names
+
+
+def test_clicking_an_overview_cell_shows_that_head(engine):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    demo = build_app(engine)
+    fns = {d.api_name: d.fn for d in demo.fns.values()}
+    request = SimpleNamespace(session_hash="pick")
+    item = run_inspection(engine, "the cat sat on the mat")
+    InspectionStore.put(_store_of(fns["attention_pick_head"]), "pick", item)
+    layer, head, heat, overview = fns["attention_pick_head"](
+        gr.EventData(None, {"layer": 1, "head": 2}), "entropy (focus)", request
+    )
+    assert layer["value"] == 1 and head["value"] == 2
+    assert "layer 1 · head 2" in heat.layout.title.text and 'data-l="1" data-h="2" class="sel"' in overview
+    nothing = fns["attention_pick_head"](gr.EventData(None, {}), "entropy (focus)", request)
+    assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in nothing)
+
+
+def _store_of(fn) -> InspectionStore:
+    """The InspectionStore a handler closes over (build_app makes one per page)."""
+    return next(c.cell_contents for c in fn.__closure__ if isinstance(c.cell_contents, InspectionStore))

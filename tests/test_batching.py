@@ -295,3 +295,23 @@ def test_four_concurrent_greedy_requests_match_single_stream_on_the_real_model(r
     assert max(s.decode_rows for s in steps) == 4
     for rid, p in enumerate(prompts):
         assert rec.tokens(rid) == single_stream(real_lm, p, params).token_ids, p
+
+
+def test_snapshot_cache_bytes_count_the_cached_tokens_not_the_buffers(tiny_lm):
+    """RequestState.cache_bytes = tokens x layers x 2 (K and V) x kv heads x head dim x 4 (float32);
+    allocated_bytes = the slot's buffers, which grow in steps of 256 tokens."""
+    a = tiny_lm.model.args
+    per_token = a.num_hidden_layers * 2 * a.num_key_value_heads * a.head_dim * 4
+    core = EngineCore(tiny_lm.model, EngineConfig(max_batch=2, prefill_chunk=3))
+    rec = Recorder()
+    for rid, prompt in enumerate((PROMPTS[-1], PROMPTS[1])):
+        core.add(rec.seq(tiny_lm, rid, prompt, SamplingParams(temperature=0, max_tokens=5)))
+    for _ in range(3):
+        core.step()
+        for r in core.requests():
+            assert r.cache_tokens > 0 and r.cache_bytes == r.cache_tokens * per_token, r
+            assert r.allocated_bytes == 256 * per_token, r
+    states = {r.id: r for r in core.requests()}
+    assert states[0].cache_bytes != states[1].cache_bytes, "two lengths, two sizes (not a constant)"
+    core.run()
+    assert core.requests() == ()

@@ -173,6 +173,30 @@ def test_snapshot_shows_requests_in_flight(engine):
     assert_pool_full(engine)
 
 
+def test_requests_show_in_the_snapshot_timings_while_the_engine_thread_is_busy(engine):
+    """A page that just sent a request must see it, even while the engine is in a long step."""
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(_lm):
+        started.set()
+        gate.wait(30)
+
+    blocker = threading.Thread(target=engine.run_on_engine_thread, args=(hold,))
+    blocker.start()
+    assert started.wait(30)
+    try:
+        hs = [engine.submit(p, SamplingParams(temperature=0, max_tokens=2)) for p in (" a", " the")]
+        snap = engine.snapshot()
+        timings = {t.id: t for t in snap.timings}
+        assert set(snap.waiting) >= {h.id for h in hs}
+        assert all(timings[h.id].status == "waiting" and timings[h.id].prompt_tokens > 0 for h in hs)
+    finally:
+        gate.set()
+        blocker.join(30)
+    for h in hs:
+        assert isinstance(collect(h)[-1], FinishEvent)
+
+
 @pytest.mark.parametrize(
     ("params", "exc", "match"),
     [
@@ -229,3 +253,17 @@ def test_load_failure_is_reported_by_wait_ready(tmp_path):
     eng = Engine(str(tmp_path))  # an empty folder: no config.json
     with pytest.raises(RuntimeError, match="could not load model"):
         eng.wait_ready(30)
+
+
+def test_warm_up_runs_outside_the_batch_and_leaves_no_trace(engine):
+    before = engine.snapshot()
+    assert engine.warm_up(timeout=60) > 0
+    after = engine.snapshot()
+    assert (after.served, after.steps, after.timings, after.free_slots) == (
+        before.served,
+        before.steps,
+        before.timings,
+        before.free_slots,
+    )
+    events = collect(engine.submit(" the thin", SamplingParams(temperature=0, max_tokens=3)))
+    assert events[-1].reason in ("length", "eos") and engine.snapshot().served == before.served + 1

@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from engine.sampling import Sampler, SamplingParams, apply_repetition_penalty, distribution
+from engine.sampling import (
+    Sampler,
+    SamplingParams,
+    apply_repetition_penalty,
+    descending_order,
+    distribution,
+    log_softmax,
+    min_p_mask,
+    top_k_mask,
+    top_p_mask,
+)
 
 P = np.array([0.05, 0.5, 0.1, 0.2, 0.15])  # token 1 > 3 > 4 > 2 > 0
 LOGITS = np.log(P)
@@ -127,3 +137,55 @@ def test_sample_record_reports_raw_logprobs_and_kept_probability():
 def test_invalid_sampling_params_are_rejected(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SamplingParams(**kw)
+
+
+def _reference_distribution(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+    """The filters written the slow, obvious way: a full stable sort, softmax over the whole vocabulary."""
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order] / params.temperature))
+    keep = top_k_mask(probs, params.top_k)
+    kept = probs * keep
+    keep &= top_p_mask(kept / kept.sum(), params.top_p)
+    kept = probs * keep
+    keep &= min_p_mask(kept / kept.sum(), params.min_p)
+    n = int(keep.sum())
+    return order[:n], probs[:n] / probs[:n].sum()
+
+
+def test_descending_order_is_the_stable_argsort_with_ties_zeros_and_infinities():
+    rng = np.random.default_rng(0)
+    specials = np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, 3.25e-38, -1e-45, 1e30], dtype=np.float32)
+    for trial in range(120):
+        n = int(rng.integers(1, 2000))
+        if trial % 2:
+            x = rng.choice(specials, n)  # mostly ties
+        else:
+            x = (rng.standard_normal(n) * 10).astype(np.float32).round(trial % 3)
+        x = x.astype(np.float64)
+        expected = np.argsort(-x, kind="stable")
+        assert np.array_equal(descending_order(x), expected), trial
+        k = int(rng.integers(1, n + 1))
+        assert np.array_equal(descending_order(x, k), expected[:k]), (trial, k)
+    penalized = np.array([1.0, 1.0 / 1.3, 0.5, 1.0 / 1.3])  # not float32 numbers: the stable sort path
+    assert descending_order(penalized).tolist() == [0, 1, 3, 2]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"temperature": 0.7},
+        {"temperature": 1.3, "top_k": 40},
+        {"temperature": 0.7, "top_p": 0.9},
+        {"temperature": 1.0, "top_k": 50, "top_p": 0.8, "min_p": 0.05},
+        {"temperature": 0.5, "min_p": 0.1},
+    ],
+)
+def test_distribution_matches_the_full_sort_reference_on_a_real_sized_vocabulary(kw):
+    rng = np.random.default_rng(1)
+    logits = (rng.standard_normal(151_936) * 3).astype(np.float32)
+    logits[:500] = logits[500:1000]  # ties
+    params = SamplingParams(**kw)
+    d = distribution(logits, params)
+    ids, probs = _reference_distribution(logits.astype(np.float64), params)
+    assert np.array_equal(d.token_ids, ids)
+    np.testing.assert_allclose(d.probs, probs, rtol=1e-12, atol=1e-15)

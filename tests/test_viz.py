@@ -9,7 +9,13 @@ import pytest
 
 from engine.sampling import SamplingParams, distribution, log_softmax
 from tests.utils import assert_allclose
-from viz.attention import attention_heatmap, attention_overview, gqa_groups, head_metrics
+from viz.attention import (
+    attention_heatmap,
+    attention_overview,
+    attention_overview_html,
+    gqa_groups,
+    head_metrics,
+)
 from viz.layout import OKABE_ITO, power_colorscale, tick_labels
 from viz.lens import logit_lens_table
 from viz.rope import (
@@ -94,6 +100,20 @@ def test_attention_overview_is_layers_by_heads_and_marks_selection():
     assert (rect.x0, rect.x1, rect.y0, rect.y1) == (0.5, 1.5, 1.5, 2.5)
     with pytest.raises(ValueError):
         attention_overview(res, "nope")
+
+
+def test_attention_overview_html_is_a_clickable_grid_with_the_same_values():
+    probs = np.stack([causal_probs(6, s) for s in range(3)])  # 3 heads
+    res = FakeResult([FakeLayer(0, probs), FakeLayer(2, probs[::-1].copy())])
+    out = attention_overview_html(res, "distance", selected=(2, 1))
+    assert out.count("<td ") == 6 and out.count('class="sel"') == 1
+    assert '<td data-l="2" data-h="1" class="sel"' in out
+    dist = head_metrics(probs)["distance"]
+    for h in range(3):
+        assert f'title="layer 0 · head {h}: {dist[h]:.2f} tokens"' in out
+    assert f"<span>{dist.min():.2f}</span>" in out and f"<span>{dist.max():.2f} tokens</span>" in out
+    with pytest.raises(ValueError):
+        attention_overview_html(res, "nope")
 
 
 def test_gqa_groups_connects_each_query_head_to_its_kv_head():

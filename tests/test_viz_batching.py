@@ -8,7 +8,7 @@ import pytest
 
 from engine.core import RequestState, StepEvent
 from engine.runtime import RequestTiming
-from viz.batching import cache_occupancy, request_label, requests_table_html, step_timeline, summary_html
+from viz.batching import cache_occupancy, format_bytes, request_label, requests_table_html, step_timeline, summary_html
 from viz.layout import BLUE, ORANGE
 from viz.tokens import prob_colour, token_html
 
@@ -22,16 +22,21 @@ def _steps():
 
 
 def test_cache_occupancy_bars_hold_tokens_and_status_colours():
+    per_token = 24 * 2 * 2 * 64 * 4  # layers x (K, V) x kv heads x head dim x float32: Qwen2.5-0.5B
     reqs = [
-        RequestState(1, "decoding", 0, 40, 5, 45, 3 * 2**20),
-        RequestState(2, "prefilling", 1, 300, 0, 256, 2**20),
+        RequestState(1, "decoding", 0, 40, 5, 45, 45 * per_token, 256 * per_token),
+        RequestState(2, "prefilling", 1, 300, 0, 256, 256 * per_token, 256 * per_token),
     ]
     fig = cache_occupancy(reqs, total_tokens=1000, free_tokens=400, labels={2: "demo"})
     (bar,) = fig.data
     assert list(bar.x) == [45, 256] and list(bar.y) == ["#1", "#2 demo"]
     assert list(bar.marker.color) == [BLUE, ORANGE]
-    assert "3.0 MiB" in bar.text[0] and "slot 1" in bar.text[1]
-    assert "301 tokens" in fig.layout.title.text and "600 of 1,000 tokens reserved" in fig.layout.title.text
+    assert "45 tok · 1.1 MiB" in bar.text[0] and "256 tok · 6.0 MiB" in bar.text[1] and "slot 1" in bar.text[1]
+    assert [c[1] for c in bar.customdata] == [1_105_920, 6_291_456] and bar.customdata[0][2] == "6.0 MiB"
+    title = fig.layout.title.text
+    assert "301 tokens" in title and "7.1 MiB of K/V" in title and "600 of 1,000 tokens reserved" in title
+    assert "buffers 12.0 MiB" in title
+    assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
 
 
 def test_cache_occupancy_without_requests_is_a_message():
@@ -61,9 +66,7 @@ def test_requests_table_and_summary_show_timings():
     out = requests_table_html(t, {7: "demo"})
     assert "#7 demo" in out and "1.25 s" in out and "6.5 tok/s" in out and "—" in out
     assert out.count("<tr") == 3
-    snap = NS(
-        running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True
-    )
+    snap = NS(running=(1, 2), waiting=(3,), free_slots=14, total_slots=16, served=9, tokens_per_s=12.34, ready=True)
     s = summary_html(snap)
     assert "14 / 16" in s and "12.3" in s and ">9<" in s
     assert request_label(4) == "#4"

@@ -1,4 +1,5 @@
-"""Attention pictures: one head's L x L heatmap, a layers x heads overview, the GQA grouping.
+"""Attention pictures: one head's L x L heatmap, a layers x heads overview (a figure, or a clickable HTML
+grid), the GQA grouping.
 
 Readability at 300+ tokens: the heatmap always holds the FULL matrix (no pooling, no smoothing — every cell
 is one query/key pair, drawn as a crisp block); zoom with a box drag, double-click to reset. Axis labels are
@@ -18,6 +19,7 @@ from viz.layout import (
     MONO_FAMILY,
     OKABE_ITO,
     VERMILLION,
+    cividis,
     power_colorscale,
     short,
     style,
@@ -30,9 +32,7 @@ def _labels(tokens: list[str]) -> list[str]:
     return [f"{i}:{short(t)}" for i, t in enumerate(tokens)]
 
 
-def attention_heatmap(
-    probs: np.ndarray, tokens: list[str], layer: int, head: int, *, gamma: float = 0.5
-) -> go.Figure:
+def attention_heatmap(probs: np.ndarray, tokens: list[str], layer: int, head: int, *, gamma: float = 0.5) -> go.Figure:
     """Query (rows, top to bottom) x key (columns) attention weights of one head.
 
     probs: (L, L), row i sums to 1 over keys 0..i. tokens: L display strings. Hover: "query → key: weight".
@@ -92,16 +92,21 @@ _METRIC_TEXT = {
 }
 
 
+def overview_values(result, metric: str = "entropy") -> tuple[list[int], np.ndarray]:
+    """(layer numbers, (n_layers, H) values): one summary per head of an InspectResult's attention."""
+    if metric not in _METRIC_TEXT:
+        raise ValueError(f"metric must be one of {sorted(_METRIC_TEXT)}, got {metric!r}")
+    layers = [a.layer for a in result.attention]
+    return layers, np.stack([head_metrics(a.probs)[metric] for a in result.attention])
+
+
 def attention_overview(result, metric: str = "entropy", selected: tuple[int, int] | None = None) -> go.Figure:
     """Layers (rows) x heads (columns) heatmap of one summary per head of an InspectResult's attention.
 
     metric: "entropy" or "distance" (see head_metrics). `selected` = (layer, head) gets an outline.
-    Pick the outlined head with the layer/head selectors beside it (plotly clicks don't reach Gradio).
+    A plotly figure can't be clicked through Gradio; the Attention tab shows `attention_overview_html`.
     """
-    if metric not in _METRIC_TEXT:
-        raise ValueError(f"metric must be one of {sorted(_METRIC_TEXT)}, got {metric!r}")
-    layers = [a.layer for a in result.attention]
-    values = np.stack([head_metrics(a.probs)[metric] for a in result.attention])  # (n_layers, H)
+    layers, values = overview_values(result, metric)
     title, unit, hint = _METRIC_TEXT[metric]
     fig = go.Figure(
         go.Heatmap(
@@ -124,6 +129,35 @@ def attention_overview(result, metric: str = "entropy", selected: tuple[int, int
     fig.update_xaxes(title="query head", dtick=1, showgrid=False)
     fig.update_yaxes(title="layer", autorange="reversed", dtick=1 if len(layers) <= 12 else 2, showgrid=False)
     return fig
+
+
+def attention_overview_html(result, metric: str = "entropy", selected: tuple[int, int] | None = None) -> str:
+    """The layers x heads overview as an HTML grid of clickable cells (`data-l`, `data-h`): the Attention
+    tab's click handler reads them to show that head. Same values as `attention_overview`; cividis from the
+    grid's minimum to its maximum (legend below), the exact value in each cell's tooltip, `selected` outlined.
+    """
+    layers, values = overview_values(result, metric)
+    title, unit, hint = _METRIC_TEXT[metric]
+    lo, hi = float(values.min()), float(values.max())
+    span = hi - lo if hi > lo else 1.0
+    head = "".join(f"<th>{h}</th>" for h in range(values.shape[1]))
+    rows = []
+    for layer, row in zip(layers, values, strict=True):
+        cells = "".join(
+            f'<td data-l="{layer}" data-h="{h}" class="{"sel" if (layer, h) == selected else ""}"'
+            f' style="background:{cividis((v - lo) / span)}" title="layer {layer} · head {h}: {v:.2f} {unit}"></td>'
+            for h, v in enumerate(row)
+        )
+        rows.append(f"<tr><th>{layer}</th>{cells}</tr>")
+    stops = ", ".join(cividis(i / 10) for i in range(11))
+    return (
+        f'<div class="ov" data-metric="{metric}"><div class="ov-title">{title}'
+        f'<span class="ov-sub">{hint} · click a cell to show that head</span></div>'
+        f'<table class="ov-grid"><thead><tr><th class="ov-corner">layer \\ head</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<div class="ov-legend"><span>{lo:.2f}</span><span class="ov-bar" style="background:'
+        f'linear-gradient(to right, {stops})"></span><span>{hi:.2f} {unit}</span></div></div>'
+    )
 
 
 def gqa_groups(n_heads: int, n_kv_heads: int) -> go.Figure:

@@ -27,16 +27,24 @@ def request_label(rid: int, labels: Mapping[int, str] | None = None) -> str:
     return f"#{rid} {tag}" if tag else f"#{rid}"
 
 
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB', 6291456 -> '6.0 MiB'."""
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < MIB else f"{n / MIB:.1f} MiB"
+
+
 def cache_occupancy(
     requests: Sequence[Any],
     total_tokens: int,
     free_tokens: int,
     labels: Mapping[int, str] | None = None,
 ) -> go.Figure:
-    """Horizontal bars: KV-cache tokens each request holds now (colour = status), bytes in the text.
+    """Horizontal bars: KV-cache tokens each request holds now (colour = status), their K/V bytes in the text.
 
-    `requests`: RequestState-like (id, status, slot, cache_tokens, cache_bytes). `free_tokens` is the
-    engine's unreserved capacity (requests reserve prompt + max_tokens when admitted)."""
+    `requests`: RequestState-like (id, status, slot, cache_tokens, cache_bytes = K/V bytes of those tokens,
+    optional allocated_bytes = the slot's buffers). `free_tokens` is the engine's unreserved capacity
+    (requests reserve prompt + max_tokens when admitted)."""
     if not requests:
         return message_figure("No request holds the KV cache right now.", "KV cache per request", height=360)
     ys = [request_label(r.id, labels) for r in requests]
@@ -47,20 +55,24 @@ def cache_occupancy(
             orientation="h",
             marker={"color": [STATUS_COLOURS.get(r.status, GREEN) for r in requests]},
             text=[
-                f"{r.cache_tokens:,} tok · {r.cache_bytes / MIB:.1f} MiB"
+                f"{r.cache_tokens:,} tok · {format_bytes(r.cache_bytes)}"
                 + (f" · slot {r.slot}" if r.slot is not None else " · no slot")
                 for r in requests
             ],
             textposition="auto",
-            customdata=[[r.status, r.cache_bytes] for r in requests],
-            hovertemplate="%{y}: %{x:,} tokens · %{customdata[1]:,} bytes · %{customdata[0]}<extra></extra>",
+            customdata=[[r.status, r.cache_bytes, format_bytes(getattr(r, "allocated_bytes", 0))] for r in requests],
+            hovertemplate="%{y}: %{x:,} tokens · %{customdata[1]:,} bytes of K/V · %{customdata[0]}"
+            "<br>slot buffers: %{customdata[2]}<extra></extra>",
         )
     )
     used = sum(r.cache_tokens for r in requests)
     total_bytes = sum(r.cache_bytes for r in requests)
+    allocated = sum(getattr(r, "allocated_bytes", 0) for r in requests)
     title = (
-        f"KV cache: {used:,} tokens written ({total_bytes / MIB:.1f} MiB)"
-        f"<br><sup>{total_tokens - free_tokens:,} of {total_tokens:,} tokens reserved (prompt + max tokens)</sup>"
+        f"KV cache: {used:,} tokens written ({format_bytes(total_bytes)} of K/V)"
+        f"<br><sup>{total_tokens - free_tokens:,} of {total_tokens:,} tokens reserved (prompt + max tokens)"
+        + (f" · buffers {format_bytes(allocated)}" if allocated else "")
+        + "</sup>"
     )
     style(fig, title, height=max(300, 110 + 38 * len(requests)), showlegend=False,
           margin={"l": 70, "r": 30, "t": 90, "b": 60})  # fmt: skip

@@ -112,9 +112,7 @@ def rope_angle_heatmap(positions: np.ndarray | list[int], dims: int, base: float
     return fig
 
 
-def relative_scores(
-    q: np.ndarray, k: np.ndarray, base: float, distances: np.ndarray, offset: int
-) -> np.ndarray:
+def relative_scores(q: np.ndarray, k: np.ndarray, base: float, distances: np.ndarray, offset: int) -> np.ndarray:
     """q·k / sqrt(D) with the query at offset + d and the key at offset, for each distance d."""
     d = np.asarray(distances)
     qr = rotate(np.broadcast_to(q, (d.size, q.shape[-1])), offset + d, base)  # (N, D)

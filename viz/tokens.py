@@ -4,25 +4,30 @@ Pure: (token texts, probabilities) -> an HTML string. Colour = the probability o
 the distribution it was drawn from, on the cividis scale (sequential, made for colour-vision
 deficiencies, readable in greyscale); the text colour flips to stay legible on dark cells. Each token is
 a `<span class="tok" data-i="k">`: the Chat tab's click handler reads `data-i` to pick the step to show.
+
+Cheap enough to redraw while a reply streams: colours come from a 256-step table (viz.layout.cividis),
+and `token_span` / `token_view` let a caller keep the spans it already made and add one per new token
+instead of rebuilding the whole reply.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Sequence
 
-import plotly.express as px
+from viz.layout import cividis
 
-SCALE = "Cividis"
 _STEPS = 11  # legend swatches: 0 %, 10 %, ... 100 %
+UNKNOWN = "#d0d0d0"  # a token whose probability was not recorded
 
 
 def prob_colour(p: float) -> str:
-    """Cividis colour of a probability in [0, 1] (clipped), as an 'rgb(r, g, b)' string."""
-    p = min(max(float(p), 0.0), 1.0)
-    return px.colors.sample_colorscale(SCALE, [p])[0]
+    """Cividis colour of a probability in [0, 1] (clipped, 256 steps), as an 'rgb(r, g, b)' string."""
+    return cividis(p)
 
 
+@functools.cache
 def _ink(colour: str) -> str:
     r, g, b = (int(float(v)) for v in colour[colour.index("(") + 1 : -1].split(","))
     return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
@@ -36,6 +41,7 @@ def _visible(text: str) -> str:
     return out if text.strip() else out.replace(" ", "&nbsp;")
 
 
+@functools.cache
 def token_legend() -> str:
     swatches = "".join(
         f'<span class="tok-swatch" style="background:{prob_colour(i / (_STEPS - 1))};'
@@ -43,6 +49,24 @@ def token_legend() -> str:
         for i in range(_STEPS)
     )
     return f'<div class="tok-legend">probability of the drawn token (%): {swatches}</div>'
+
+
+def token_span(i: int, text: str, prob: float | None, selected: bool = False) -> str:
+    """Token i of a reply as a coloured, clickable span (`prob` None = unknown, drawn grey)."""
+    bg = UNKNOWN if prob is None else prob_colour(prob)
+    title = f"token {i}: {text!r}" + ("" if prob is None else f" · p = {prob:.1%}")
+    cls = "tok sel" if selected else "tok"
+    return (
+        f'<span class="{cls}" data-i="{i}" style="background:{bg};color:{_ink(bg) if prob is not None else "#111"}"'
+        f' title="{html.escape(title)}">{_visible(text)}</span>'
+    )
+
+
+def token_view(spans: Sequence[str], *, note: str = "") -> str:
+    """The whole view around already made `token_span`s: the text, the legend, an optional note."""
+    body = "".join(spans) if spans else '<span class="tok-empty">The reply\'s tokens appear here.</span>'
+    extra = f'<div class="tok-note">{html.escape(note)}</div>' if note else ""
+    return f'<div class="tok-view"><div class="tok-text">{body}</div>{token_legend()}{extra}</div>'
 
 
 def token_html(
@@ -53,15 +77,5 @@ def token_html(
     `selected` outlines one token (the step whose distribution is shown)."""
     if len(texts) != len(probs):
         raise ValueError(f"{len(texts)} token texts for {len(probs)} probabilities")
-    spans = []
-    for i, (t, p) in enumerate(zip(texts, probs, strict=True)):
-        bg = "#d0d0d0" if p is None else prob_colour(p)
-        title = f"token {i}: {t!r}" + ("" if p is None else f" · p = {p:.1%}")
-        cls = "tok sel" if i == selected else "tok"
-        spans.append(
-            f'<span class="{cls}" data-i="{i}" style="background:{bg};color:{_ink(bg) if p is not None else "#111"}"'
-            f' title="{html.escape(title)}">{_visible(t)}</span>'
-        )
-    body = "".join(spans) if spans else '<span class="tok-empty">The reply\'s tokens appear here.</span>'
-    extra = f'<div class="tok-note">{html.escape(note)}</div>' if note else ""
-    return f'<div class="tok-view"><div class="tok-text">{body}</div>{token_legend()}{extra}</div>'
+    spans = [token_span(i, t, p, i == selected) for i, (t, p) in enumerate(zip(texts, probs, strict=True))]
+    return token_view(spans, note=note)

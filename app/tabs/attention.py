@@ -5,6 +5,8 @@ Rules it keeps:
   per browser session in the shared InspectionStore (app/tabs/inspection.py), never in gr.State. The RoPE
   and Logit-lens tabs read the same inspection (main.py chains their refresh after Inspect).
 - Figures come from viz/ (pure functions); the handlers only pick the slice to draw.
+- The layers x heads overview is an HTML grid (gr.Plot has no click events in Gradio 6): clicking a cell
+  shows that head, like the Layer / Head sliders do.
 - Empty or too-long prompts give a notice line and a toast, never a traceback.
 """
 
@@ -24,7 +26,7 @@ from app.tabs.inspection import (
     session_of,
     status_html,
 )
-from viz.attention import attention_heatmap, attention_overview, gqa_groups
+from viz.attention import attention_heatmap, attention_overview_html, gqa_groups
 from viz.layout import message_figure
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,14 @@ EXAMPLE = (
     "print(fibonacci(10))"
 )
 METRICS = {"entropy (focus)": "entropy", "mean distance": "distance"}
+OVERVIEW_EMPTY = '<div class="hint">The layers × heads overview appears here after Inspect.</div>'
+# Event delegation on the component's root survives every redraw of the grid inside it.
+OVERVIEW_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const c = e.target.closest('[data-l]');
+  if (c) trigger('click', {layer: parseInt(c.dataset.l), head: parseInt(c.dataset.h)});
+});
+"""
 
 
 @dataclass(frozen=True)
@@ -43,13 +53,13 @@ class AttentionTab:
 
 
 def figures(item, layer: int, head: int, metric: str):
-    """(heatmap, overview) for the selected head of an inspection."""
+    """(heatmap figure, overview HTML) for the selected head of an inspection."""
     res = item.result
     layer = min(max(int(layer), 0), res.n_layers - 1)
     head = min(max(int(head), 0), res.n_heads - 1)
     att = res.layer(layer)
     heat = attention_heatmap(att.probs[head], list(item.tokens), layer, head)
-    overview = attention_overview(res, METRICS.get(metric, "entropy"), selected=(layer, head))
+    overview = attention_overview_html(res, METRICS.get(metric, "entropy"), selected=(layer, head))
     return heat, overview
 
 
@@ -67,13 +77,9 @@ def build(engine, store: InspectionStore) -> AttentionTab:
             with gr.Row():
                 layer = gr.Slider(0, 23, value=0, step=1, label="Layer", buttons=[], elem_id="attn-layer")
                 head = gr.Slider(0, 13, value=0, step=1, label="Head", buttons=[], elem_id="attn-head")
-            metric = gr.Radio(
-                list(METRICS), value="entropy (focus)", label="Overview colour", elem_id="attn-metric"
-            )
-            overview = gr.Plot(
-                message_figure("layers × heads overview"), show_label=False, elem_id="attn-overview"
-            )
-            gr.HTML('<div class="hint">Outlined cell = the head on the left; pick it with the sliders.</div>')
+            metric = gr.Radio(list(METRICS), value="entropy (focus)", label="Overview colour", elem_id="attn-metric")
+            overview = gr.HTML(OVERVIEW_EMPTY, elem_id="attn-overview", js_on_load=OVERVIEW_CLICK_JS, padding=False)
+            gr.HTML('<div class="hint">Outlined cell = the head on the left. Click a cell, or use the sliders.</div>')
     gqa = gr.Plot(message_figure("grouped-query attention"), show_label=False, elem_id="attn-gqa")
 
     async def do_inspect(text: str, layer_v: float, head_v: float, metric_v: str, request: gr.Request):
@@ -105,6 +111,17 @@ def build(engine, store: InspectionStore) -> AttentionTab:
             return gr.update(), gr.update()
         return figures(item, layer_v, head_v, metric_v)
 
+    def pick_head(evt: gr.EventData, metric_v: str, request: gr.Request):
+        item = store.get(session_of(request))
+        try:
+            lv, hv = int(evt.layer), int(evt.head)
+        except (AttributeError, TypeError, ValueError):
+            item = None
+        if item is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        heat, ov = figures(item, lv, hv, metric_v)
+        return gr.update(value=lv), gr.update(value=hv), heat, ov
+
     inspect_event = gr.on(
         triggers=[inspect.click],
         fn=do_inspect,
@@ -121,4 +138,8 @@ def build(engine, store: InspectionStore) -> AttentionTab:
         show_progress="minimal",
         trigger_mode="always_last",  # dragging a slider redraws for the last value, not every step
     )
+    overview.click(
+        pick_head, [metric], [layer, head, heatmap, overview], api_name="attention_pick_head",
+        show_progress="hidden", trigger_mode="always_last",
+    )  # fmt: skip
     return AttentionTab(prompt=prompt, inspect_event=inspect_event)

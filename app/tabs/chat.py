@@ -21,7 +21,9 @@ import asyncio
 import html
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ import gradio as gr
 from engine import Engine, EngineBusyError, ErrorEvent, FinishEvent, RequestHandle, SamplingParams, TokenEvent
 from viz.layout import message_figure
 from viz.sampling import sampling_distribution
-from viz.tokens import token_html
+from viz.tokens import token_html, token_span, token_view
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ _STOPPED = object()  # put on a stream's queue by Stop / Clear / tab close
 _END = object()  # put by the pump thread after the handle's last event
 MAX_SESSIONS = 64  # sessions whose latest reply's step records are kept (least recently used dropped)
 PICK_HINT = "Click a token of a reply to see the distribution it was drawn from."
+TOKEN_VIEW_EVERY_S = 0.25  # while a reply streams, the token view is resent at most this often
 
 
 @dataclass(frozen=True)
@@ -249,15 +252,11 @@ def step_figure(records: list[StepRecord], index: float | None, temp: float, k: 
     i = min(max(int(index or 0), 0), len(records) - 1)
     r = records[i]
     if not r.top_logprobs:
-        return message_figure(
-            f"Token {i} has no recorded distribution.", "Next-token distribution", height=480
-        )
+        return message_figure(f"Token {i} has no recorded distribution.", "Next-token distribution", height=480)
     top_k = int(k) if float(k).is_integer() and k >= 0 else 0
     top_p = min(max(float(p), 0.01), 1.0)
     drawn = r.top_ids.index(r.token) if r.token in r.top_ids else None
-    label = f"token {i} {piece(r.token)!r}" + (
-        "" if drawn is not None else " (drawn token outside the top shown)"
-    )
+    label = f"token {i} {piece(r.token)!r}" + ("" if drawn is not None else " (drawn token outside the top shown)")
     return sampling_distribution(
         [piece(t) for t in r.top_ids], list(r.top_logprobs), temperature=max(float(temp), 0.0), top_k=top_k,
         top_p=top_p, min_p=min(max(float(mp), 0.0), 1.0), drawn=drawn, step_label=label,
@@ -292,7 +291,7 @@ element.addEventListener('click', (e) => {
 """
 
 
-def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
+def build(engine: Engine, labels: MutableMapping[int, str] | None = None) -> ChatTab:
     """Create the chat tab's components inside the current gr.Tab, then wire its events.
     `labels` (optional, shared with the batching tab) gets "chat" for each request this tab submits."""
     streams = _Streams()
@@ -350,14 +349,14 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
                     max_tokens = gr.Slider(1, 2048, value=256, step=1, label="Max tokens", buttons=[])
                     seed = gr.Number(value=-1, precision=0, label="Seed (−1 = random)")
             gr.HTML(
-                '<div class="hint">Off: top-k 0 · top-p 1 · min-p 0 · penalty 1. '
-                "Temperature 0 = greedy.</div>",
+                '<div class="hint">Off: top-k 0 · top-p 1 · min-p 0 · penalty 1. Temperature 0 = greedy.</div>',
                 elem_id="sampling-hint",
             )
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=520):
-            step_plot = gr.Plot(message_figure(PICK_HINT, "Next-token distribution", height=480),
-                                show_label=False, elem_id="chat-dist")  # fmt: skip
+            # Empty until a reply exists: a figure here would make every page load plotly.js (~1.5 s of
+            # main-thread work on a busy 2-core machine) before the first Send could be answered.
+            step_plot = gr.Plot(None, show_label=False, elem_id="chat-dist")
         with gr.Column(scale=2, min_width=340):
             pick = gr.Slider(0, 1, value=0, step=1, label="Token #", buttons=[], elem_id="tok-pick")
             gr.HTML(
@@ -399,9 +398,12 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
         try:
             params = make_params(temp, k, p, mp, rep, max_new, seed_value)
             messages = build_messages(history, system_prompt, text)
-            # submit() tokenizes (and waits for the model while it loads): keep it off the event loop.
-            await asyncio.to_thread(engine.wait_ready, MODEL_LOAD_TIMEOUT_S)
-            handle = await asyncio.to_thread(engine.submit, messages, params)
+
+            def submit() -> RequestHandle:  # waits for the model while it loads, then tokenizes
+                engine.wait_ready(MODEL_LOAD_TIMEOUT_S)
+                return engine.submit(messages, params)
+
+            handle = await asyncio.to_thread(submit)  # one hop off the event loop
         except EngineBusyError as e:
             yield refuse(str(e))
             return
@@ -416,13 +418,13 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
         history = [*history, {"role": "user", "content": text}, {"role": "assistant", "content": ""}]
         reply = ""
         n_tokens = 0
+        spans: list[str] = []  # the token view's spans so far: each new token adds one, none is redrawn
+        view_at = 0.0  # when the token view was last sent (0: the first token's view goes at once)
 
         def done():  # the token view with the most surprising token selected, and the slider on it
             sel = least_likely(records)
             note = "" if sel is None else f"outlined: token {sel}, the least likely drawn token"
-            return tokens_view(records, sel, note), gr.update(
-                maximum=max(len(records) - 1, 1), value=sel or 0
-            )
+            return tokens_view(records, sel, note), gr.update(maximum=max(len(records) - 1, 1), value=sel or 0)
 
         try:
             yield (
@@ -432,37 +434,48 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
                 tokens_view([]),
                 gr.update(),
             )
-            while True:
-                ev = await stream.queue.get()
-                if ev is _END:
-                    break
-                if ev is _STOPPED:
-                    if stream.cleared:
-                        yield "", [], "", tokens_view([]), gr.update()
-                    else:
-                        history = [*history[:-1], {"role": "assistant", "content": reply}]
-                        yield "", history, _stopped_stats(n_tokens), *done()
-                    break
-                if isinstance(ev, TokenEvent):
-                    n_tokens += 1
-                    records.append(StepRecord.of(ev))
-                    if ev.text:
+            ended = False
+            while not ended:
+                # Everything that arrived while the last update was being sent goes out as one update.
+                batch = [await stream.queue.get()]
+                while not stream.queue.empty():
+                    batch.append(stream.queue.get_nowait())
+                grew = False
+                for ev in batch:
+                    if ev is _END:
+                        ended = True
+                        break
+                    if ev is _STOPPED:
+                        if stream.cleared:
+                            yield "", [], "", tokens_view([]), gr.update()
+                        else:
+                            history = [*history[:-1], {"role": "assistant", "content": reply}]
+                            yield "", history, _stopped_stats(n_tokens), *done()
+                        ended = True
+                        break
+                    if isinstance(ev, TokenEvent):
+                        n_tokens += 1
+                        record = StepRecord.of(ev)
+                        records.append(record)
+                        spans.append(token_span(len(spans), record.text, record.prob))
                         reply += ev.text
                         history = [*history[:-1], {"role": "assistant", "content": reply}]
-                        yield (
-                            "",
-                            history,
-                            _busy(f"generating… {n_tokens} tokens"),
-                            tokens_view(records),
-                            gr.update(),
-                        )
-                elif isinstance(ev, FinishEvent):
-                    if ev.reason != "cancelled" or not reply:
-                        reply += ev.tail
-                    history = [*history[:-1], {"role": "assistant", "content": reply}]
-                    yield "", history, format_stats(ev), *done()
-                elif isinstance(ev, ErrorEvent):
-                    yield "", history, format_error(ev.message), *done()
+                        grew = True
+                    elif isinstance(ev, FinishEvent):
+                        if ev.reason != "cancelled" or not reply:
+                            reply += ev.tail
+                        history = [*history[:-1], {"role": "assistant", "content": reply}]
+                        yield "", history, format_stats(ev), *done()
+                        grew = False
+                    elif isinstance(ev, ErrorEvent):
+                        yield "", history, format_error(ev.message), *done()
+                        grew = False
+                if grew and not ended:
+                    # The page rebuilds the whole token view on each update: at most every TOKEN_VIEW_EVERY_S.
+                    view, now = gr.skip(), time.monotonic()
+                    if now - view_at >= TOKEN_VIEW_EVERY_S:
+                        view, view_at = token_view(spans), now
+                    yield "", history, _busy(f"generating… {n_tokens} tokens"), view, gr.update()
         except Exception as e:  # never let a traceback reach the page
             log.exception("chat stream failed")
             yield (
@@ -506,7 +519,7 @@ def build(engine: Engine, labels: dict[int, str] | None = None) -> ChatTab:
         if request is not None and request.session_hash:
             streams.stop(request.session_hash, cleared=True)
         records_store.start(_session(request))
-        return [], "", "", tokens_view([]), message_figure(PICK_HINT, "Next-token distribution", height=480)
+        return [], "", "", tokens_view([]), None
 
     async def clear_stream(request: gr.Request) -> None:  # the chatbot's own trash-can button
         if request is not None and request.session_hash:

@@ -94,9 +94,7 @@ def run_inspection(engine, prompt: str) -> Inspection:
 
 def compute_lens(engine, item: Inspection, positions: tuple[int, ...]) -> LogitLens:
     """The logit lens of `positions` of an inspection, computed on the engine thread (blocking)."""
-    return engine.run_on_engine_thread(
-        lambda lm: logit_lens(item.result, lm.model, top=LENS_TOP, positions=positions)
-    )
+    return engine.run_on_engine_thread(lambda lm: logit_lens(item.result, lm.model, top=LENS_TOP, positions=positions))
 
 
 def status_html(text: str, *, error: bool = False) -> str:

@@ -91,7 +91,5 @@ def build(engine, store: InspectionStore) -> LensTab:
         return outputs_for(item)
 
     outputs = [status, start, table]
-    start.input(
-        move, [start], outputs, api_name="lens_window", show_progress="minimal", trigger_mode="always_last"
-    )
+    start.input(move, [start], outputs, api_name="lens_window", show_progress="minimal", trigger_mode="always_last")
     return LensTab(refresh=refresh, inputs=[], outputs=outputs)

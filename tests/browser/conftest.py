@@ -65,9 +65,7 @@ def server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"the app did not serve {url} in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()}"
-                )
+                pytest.fail(f"the app did not serve {url} in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()}")
             time.sleep(0.5)
         yield url
     finally:

@@ -1,7 +1,7 @@
 """The Attention, RoPE and Logit-lens tabs in a real browser on the real model (fixtures: conftest.py).
 
 One Inspect on the Attention tab feeds all three tabs; each plot must be a rendered plotly figure holding
-data of the right shape. Saves the screenshots used in the docs (1280x800).
+data of the right shape; clicking a cell of the layers x heads grid shows that head. Saves the screenshots used in the docs (1280x800).
 """
 
 from __future__ import annotations
@@ -61,19 +61,28 @@ def test_inspect_renders_attention_rope_and_lens(page):
 
     heat = plot_info(page, "attn-heatmap", contains="Attention")
     assert heat["type"] == "heatmap" and heat["rows"] == n_tokens
-    overview = plot_info(page, "attn-overview")
-    assert overview["type"] == "heatmap" and overview["rows"] == 24
+    assert page.locator("#attn-overview .ov-grid tbody tr").count() == 24
+    assert page.locator("#attn-overview td[data-l]").count() == 24 * 14
     gqa = plot_info(page, "attn-gqa")
     assert "14 query heads share 2" in gqa["title"]
     page.locator("#attn-heatmap").scroll_into_view_if_needed()
     page.evaluate("window.scrollTo(0, 0)")
     shot(page, "attention.png")
 
-    # a different head redraws the heatmap
+    # a different head redraws the heatmap: from the Head box, and by clicking a cell of the overview
     box = page.locator('#attn-head input[type="number"]')
     box.fill("5")
     box.press("Enter")
     plot_info(page, "attn-heatmap", contains="head 5")
+    page.locator('#attn-overview td[data-l="3"][data-h="7"]').click()
+    plot_info(page, "attn-heatmap", contains="layer 3 · head 7")
+    page.wait_for_selector('#attn-overview td.sel[data-l="3"][data-h="7"]', timeout=30_000)
+    assert page.input_value('#attn-layer input[type="number"]') == "3"
+    assert page.input_value('#attn-head input[type="number"]') == "7"
+    page.locator("#attn-overview .ov-legend").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, 60)")
+    page.mouse.move(5, 5)  # no hover outline in the picture
+    shot(page, "attention_overview.png")
 
     open_tab(page, "RoPE")
     pairs = plot_info(page, "rope-pairs", timeout_ms=60_000)
