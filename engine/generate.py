@@ -64,8 +64,7 @@ def check_prompt(prompt_ids: list[int], context: int) -> None:
         raise PromptError("the prompt is empty: give at least one token of text")
     if len(prompt_ids) >= context:
         raise PromptError(
-            f"the prompt has {len(prompt_ids)} tokens but the model's context holds {context};"
-            " shorten the prompt"
+            f"the prompt has {len(prompt_ids)} tokens but the model's context holds {context}; shorten the prompt"
         )
 
 

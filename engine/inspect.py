@@ -35,9 +35,7 @@ class LayerAttention:
     """One layer's attention, per head. H query heads share H_kv key heads (GQA)."""
 
     layer: int
-    probs: np.ndarray = field(
-        repr=False
-    )  # (H, L, L) float32, row i = query i's weights over keys 0..i (causal)
+    probs: np.ndarray = field(repr=False)  # (H, L, L) float32, row i = query i's weights over keys 0..i (causal)
     q_pre: np.ndarray = field(repr=False)  # (H, L, D) queries before RoPE
     q_post: np.ndarray = field(repr=False)  # (H, L, D) queries after RoPE
     k_pre: np.ndarray = field(repr=False)  # (H_kv, L, D) keys before RoPE

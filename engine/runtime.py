@@ -158,9 +158,7 @@ class Engine:
         if not self._ready.wait(timeout):
             raise TimeoutError(f"model {self.model_name} did not load within {timeout} s")
         if self._load_error is not None:
-            raise RuntimeError(f"could not load model {self.model_name}: {self._load_error}") from (
-                self._load_error
-            )
+            raise RuntimeError(f"could not load model {self.model_name}: {self._load_error}") from (self._load_error)
 
     @property
     def tokenizer(self):

@@ -139,9 +139,7 @@ class Tokenizer:
         reader = source if isinstance(source, gguf.GGUFReader) else gguf.GGUFReader(str(source))
         files = tokenizer_files_from_gguf(reader)
         raw = RawTokenizer.from_str(files[TOKENIZER_FILE])
-        hf = PreTrainedTokenizerFast(
-            tokenizer_object=raw, **_hf_kwargs(json.loads(files[TOKENIZER_CONFIG_FILE]))
-        )
+        hf = PreTrainedTokenizerFast(tokenizer_object=raw, **_hf_kwargs(json.loads(files[TOKENIZER_CONFIG_FILE])))
         return cls(hf)
 
     # ---- basic properties ---------------------------------------------------------------------------

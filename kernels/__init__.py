@@ -111,16 +111,12 @@ def _check_linear(x: mx.array, w: mx.array, b: mx.array | None) -> None:
     if w.ndim != 2:
         raise ValueError(f"linear: w must be 2-D (N, K), got shape {_shape(w)}")
     if x.shape[-1] != w.shape[1]:
-        raise ValueError(
-            f"linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, w {_shape(w)} has K={w.shape[1]}"
-        )
+        raise ValueError(f"linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, w {_shape(w)} has K={w.shape[1]}")
     if b is not None:
         if not isinstance(b, mx.array):
             raise ValueError("linear: b must be an mx.array or None")
         if b.ndim != 1 or b.shape[0] != w.shape[0]:
-            raise ValueError(
-                f"linear: b must have shape ({w.shape[0]},) to match w {_shape(w)}, got {_shape(b)}"
-            )
+            raise ValueError(f"linear: b must have shape ({w.shape[0]},) to match w {_shape(w)}, got {_shape(b)}")
     for name, a in (("x", x), ("w", w), ("b", b)):
         if a is not None and not mx.issubdtype(a.dtype, mx.floating):
             raise ValueError(f"linear: {name} must be a floating dtype, got {a.dtype}")
@@ -172,9 +168,7 @@ def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None
     if x.ndim < 1:
         raise ValueError(f"quantized_linear: x must have at least 1 dim (..., K), got shape {_shape(x)}")
     if x.shape[-1] != K:
-        raise ValueError(
-            f"quantized_linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, weight is {qw.shape}"
-        )
+        raise ValueError(f"quantized_linear: K mismatch: x {_shape(x)} has K={x.shape[-1]}, weight is {qw.shape}")
     if x.dtype != mx.float32:
         raise ValueError(f"quantized_linear: x must be float32, got {x.dtype}")
     if b is not None:
@@ -215,9 +209,7 @@ def quantized_linear(
         return y.reshape(*lead, N)  # (..., N)
     if backend in _BACKENDS:
         raise RuntimeError(f"quantized_linear: backend {backend!r} {available_backends()[backend]}")
-    raise ValueError(
-        f"quantized_linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None"
-    )
+    raise ValueError(f"quantized_linear: unknown backend {backend!r}; choose from {', '.join(_BACKENDS)} or None")
 
 
 def _pick(op: str, backend: str | None, all_f32: bool) -> str:
@@ -240,9 +232,7 @@ def _pick(op: str, backend: str | None, all_f32: bool) -> str:
     return backend
 
 
-def _check_attention(
-    q: mx.array, k: mx.array, v: mx.array, causal: bool, kv_lengths: mx.array | None
-) -> None:
+def _check_attention(q: mx.array, k: mx.array, v: mx.array, causal: bool, kv_lengths: mx.array | None) -> None:
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, mx.array):
             raise ValueError(f"flash_attention: {name} must be an mx.array")
@@ -344,9 +334,7 @@ def swiglu(gate: mx.array, up: mx.array, *, backend: str | None = None) -> mx.ar
     return _cpu.load().swiglu(gate, up)
 
 
-def rope(
-    x: mx.array, inv_freq: mx.array, offset: int | mx.array = 0, *, backend: str | None = None
-) -> mx.array:
+def rope(x: mx.array, inv_freq: mx.array, offset: int | mx.array = 0, *, backend: str | None = None) -> mx.array:
     """Rotate-half RoPE (Qwen2's layout) fused with the transpose into attention layout.
 
     x: (B, L, H, D) floating (a projection's output reshaped into heads); inv_freq: (D/2,) frequencies

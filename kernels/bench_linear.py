@@ -66,10 +66,7 @@ def bench_shape(M: int, K: int, N: int, *, reps: int, with_numpy: bool, cpu_ok: 
     t_cpu = float("nan")
     if cpu_ok:
         t_cpu = best_time(lambda: run("cpu"), reps=reps, budget_s=2.0)
-        line += (
-            f"{t_cpu * 1e3:>8.3f} {flops / t_cpu / 1e9:>6.1f} {wbytes / t_cpu / 1e9:>5.1f} | "
-            f"{t_ref / t_cpu:>6.1f}x"
-        )
+        line += f"{t_cpu * 1e3:>8.3f} {flops / t_cpu / 1e9:>6.1f} {wbytes / t_cpu / 1e9:>5.1f} | {t_ref / t_cpu:>6.1f}x"
     else:
         line += f"{'n/a':>8} {'':>6} {'':>5} | {'n/a':>7}"
     if with_numpy:

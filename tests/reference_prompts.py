@@ -19,14 +19,16 @@ def _long_code() -> str:
         [("widget", 2.5), ("gadget", 13.0), ("sprocket", 0.75), ("gizmo", 7.25), ("doohickey", 4.1)]
     ):  # fmt: skip
         parts.append(
-            f"@dataclass\nclass {item.capitalize()}:\n    \"\"\"A {item} with a price and a stock count.\"\"\"\n"
+            f'@dataclass\nclass {item.capitalize()}:\n    """A {item} with a price and a stock count."""\n'
             f"    name: str = {item!r}\n    price: float = {price}\n    stock: int = {10 * (i + 1)}\n\n"
             f"    def total_value(self) -> float:\n        return self.price * self.stock\n\n"
             f"    def restock(self, n: int) -> None:\n        if n < 0:\n"
             f"            raise ValueError('cannot restock a negative amount of {item}s')\n"
             f"        self.stock += n\n\n\n"
         )
-    parts.append("def cheapest(items):\n    \"\"\"Return the item with the lowest price.\"\"\"\n    return min(items, key=lambda")
+    parts.append(
+        'def cheapest(items):\n    """Return the item with the lowest price."""\n    return min(items, key=lambda'
+    )
     return "".join(parts)
 
 

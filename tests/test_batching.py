@@ -142,9 +142,7 @@ def test_batch_cache_decode_equals_per_row_decode(tiny_lm):
     caches = [model.make_cache() for _ in prompts]
     for ids, c in zip(prompts, caches, strict=True):
         model(mx.array([ids[:-1]]), c)
-    single = [
-        model(mx.array([[ids[-1]]]), [*map(_copy, c)])[0, -1] for ids, c in zip(prompts, caches, strict=True)
-    ]
+    single = [model(mx.array([[ids[-1]]]), [*map(_copy, c)])[0, -1] for ids, c in zip(prompts, caches, strict=True)]
     batch = [BatchKVCache([c[i] for c in caches]) for i in range(model.args.num_hidden_layers)]
     logits = model(mx.array([[ids[-1]] for ids in prompts]), batch)[:, -1]  # (B, V)
     assert_allclose(logits, mx.stack(single), 1e-5, 1e-5, "batched decode")
@@ -162,9 +160,7 @@ def _copy(c):
 def test_cancel_and_errors_free_every_slot(tiny_lm, monkeypatch):
     core = EngineCore(tiny_lm.model, EngineConfig(max_batch=3, prefill_chunk=2))
     rec = Recorder()
-    seqs = [
-        rec.seq(tiny_lm, rid, PROMPTS[rid], SamplingParams(temperature=0, max_tokens=30)) for rid in range(6)
-    ]
+    seqs = [rec.seq(tiny_lm, rid, PROMPTS[rid], SamplingParams(temperature=0, max_tokens=30)) for rid in range(6)]
     for s in seqs:
         core.add(s)
     core.step()

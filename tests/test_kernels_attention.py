@@ -146,12 +146,8 @@ def test_cpu_flash_attention_on_every_isa() -> None:
                 assert_allclose(got, want, RTOL, ATOL, f"isa {isa} {(B, H, H_kv, L, S, D)}")
                 x = mx.random.normal((3, 1000))
                 w = mx.random.normal((1000,))
-                assert_allclose(
-                    kernels.rms_norm(x, w, 1e-6, backend="cpu"), ref.rms_norm(x, w, 1e-6), RTOL, ATOL, isa
-                )
-                assert_allclose(
-                    kernels.swiglu(x, w * x, backend="cpu"), ref.swiglu(x, w * x), RTOL, ATOL, isa
-                )
+                assert_allclose(kernels.rms_norm(x, w, 1e-6, backend="cpu"), ref.rms_norm(x, w, 1e-6), RTOL, ATOL, isa)
+                assert_allclose(kernels.swiglu(x, w * x, backend="cpu"), ref.swiglu(x, w * x), RTOL, ATOL, isa)
     finally:
         ext.set_isa(before)
 
@@ -194,9 +190,7 @@ def test_rms_norm_matches_ref(backend, shape) -> None:
     require(backend)
     x = 3.0 * mx.random.normal(shape, key=mx.random.key(shape[-1]))
     w = mx.random.normal(shape[-1:], key=mx.random.key(1))
-    assert_allclose(
-        kernels.rms_norm(x, w, 1e-6, backend=backend), ref.rms_norm(x, w, 1e-6), RTOL, ATOL, str(shape)
-    )
+    assert_allclose(kernels.rms_norm(x, w, 1e-6, backend=backend), ref.rms_norm(x, w, 1e-6), RTOL, ATOL, str(shape))
 
 
 def test_rms_norm_ref_matches_the_layer() -> None:

@@ -53,9 +53,7 @@ def assert_close(actual: mx.array, expected: mx.array, K: int, rtol: float = 1e-
     pytest.fail("\n".join(lines))
 
 
-def make(
-    shape_x: tuple[int, ...], N: int, bias: bool, seed: int = 0
-) -> tuple[mx.array, mx.array, mx.array | None]:
+def make(shape_x: tuple[int, ...], N: int, bias: bool, seed: int = 0) -> tuple[mx.array, mx.array, mx.array | None]:
     K = shape_x[-1]
     kx, kw, kb = mx.random.split(mx.random.key(seed), 3)
     x = mx.random.normal(shape_x, key=kx)  # (..., K)

@@ -225,9 +225,7 @@ def test_scales_of_exact_zero_blocks_give_zero():
             "q8_0: q must be",
         ),
         (
-            lambda qw: kernels.quantized_linear(
-                mx.ones((2, 64)), QuantizedWeight("affine4", (5, 64), qw.q, qw.scales)
-            ),
+            lambda qw: kernels.quantized_linear(mx.ones((2, 64)), QuantizedWeight("affine4", (5, 64), qw.q, qw.scales)),
             "affine4: q must be",
         ),
     ],

@@ -100,9 +100,7 @@ def test_stop_string_ends_generation_and_is_excluded(real_lm):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_cli_logits_puts_paris_on_top(tmp_path, real_model_dir):

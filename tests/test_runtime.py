@@ -217,9 +217,7 @@ def test_bad_sampling_params_are_rejected_at_submit(engine, params, exc, match):
 def test_a_request_larger_than_the_cache_is_rejected_at_submit(tiny_model_dir):
     from engine import EngineConfig
 
-    eng = Engine(
-        str(tiny_model_dir), config=EngineConfig(max_batch=2, max_tokens_per_step=4, cache_tokens=20)
-    )
+    eng = Engine(str(tiny_model_dir), config=EngineConfig(max_batch=2, max_tokens_per_step=4, cache_tokens=20))
     eng.wait_ready(60)
     with pytest.raises(ValueError, match="cache tokens"):
         eng.submit(" the thin", SamplingParams(max_tokens=50))

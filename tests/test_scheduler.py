@@ -12,9 +12,7 @@ from engine.slots import SlotPool
 
 
 def make(max_batch=4, chunk=8, budget=16, cache=1000) -> Scheduler:
-    cfg = EngineConfig(
-        max_batch=max_batch, prefill_chunk=chunk, max_tokens_per_step=budget, cache_tokens=cache
-    )
+    cfg = EngineConfig(max_batch=max_batch, prefill_chunk=chunk, max_tokens_per_step=budget, cache_tokens=cache)
     return Scheduler(cfg, SlotPool(cfg.max_batch, cfg.cache_tokens))
 
 

@@ -67,9 +67,7 @@ def tiny_vocab() -> dict[str, int]:
 
 
 def tiny_raw() -> RawTokenizer:
-    raw = RawTokenizer(
-        models.BPE(vocab=tiny_vocab(), merges=TINY_MERGES, fuse_unk=False, byte_fallback=False)
-    )
+    raw = RawTokenizer(models.BPE(vocab=tiny_vocab(), merges=TINY_MERGES, fuse_unk=False, byte_fallback=False))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     raw.decoder = decoders.ByteLevel()
     raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIALS])
@@ -209,9 +207,7 @@ def test_from_dir_reads_generation_config_eos_and_template_file(tiny_dir: Path):
     (tiny_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 8]}))
     tok = Tokenizer.from_dir(tiny_dir)
     assert tok.eos_token_ids == {7, 8, tok.token_to_id("<|end|>")}
-    assert (
-        tok.render_chat([{"role": "user", "content": "x"}]) == "<|start|>user\nx<|end|>\n<|start|>assistant\n"
-    )
+    assert tok.render_chat([{"role": "user", "content": "x"}]) == "<|start|>user\nx<|end|>\n<|start|>assistant\n"
 
 
 def test_encode_empty_text_is_empty_and_non_text_rejected(tiny: Tokenizer):
@@ -398,11 +394,7 @@ def test_tiny_gguf_converts_to_qwen2_layout(tmp_path: Path):
     assert spec["normalizer"] == {"type": "NFC"}
     split, byte_level = spec["pre_tokenizer"]["pretokenizers"]
     assert split["pattern"] == {"Regex": HF_QWEN2_REGEX} and split["behavior"] == "Isolated"
-    assert (
-        byte_level["type"] == "ByteLevel"
-        and not byte_level["add_prefix_space"]
-        and not byte_level["use_regex"]
-    )
+    assert byte_level["type"] == "ByteLevel" and not byte_level["add_prefix_space"] and not byte_level["use_regex"]
     assert spec["decoder"]["type"] == "ByteLevel"
     added = {t["content"]: (t["id"], t["special"]) for t in spec["added_tokens"]}
     n = len(fields["tokens"])
@@ -550,9 +542,7 @@ def test_real_emoji_tokens_split_mid_character_show_bytes(qwen: Tokenizer):
 def test_real_chat_template(qwen: Tokenizer):
     messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"}]
     assert qwen.render_chat(messages) == (
-        "<|im_start|>system\nYou are helpful.<|im_end|>\n"
-        "<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
     ids = qwen.apply_chat_template(messages)
     assert ids[0] == 151644 and ids.count(151645) == 2
@@ -564,9 +554,7 @@ def test_real_chat_template(qwen: Tokenizer):
 
 
 @pytest.mark.real_model
-def test_real_folder_loads_with_auto_tokenizer(
-    qwen_dir: Path, qwen: Tokenizer, monkeypatch: pytest.MonkeyPatch
-):
+def test_real_folder_loads_with_auto_tokenizer(qwen_dir: Path, qwen: Tokenizer, monkeypatch: pytest.MonkeyPatch):
     # mlx-lm and other HF tools load folders with AutoTokenizer; the converted folder must give the same ids.
     from transformers import AutoTokenizer
 

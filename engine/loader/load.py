@@ -52,9 +52,7 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
     for f in files:
         weights.update(mx.load(str(f)))
     if any(k.endswith(".scales") for k in weights):
-        raise ValueError(
-            f"{folder} holds MLX-quantized weights; load a float16/bfloat16/float32 folder instead"
-        )
+        raise ValueError(f"{folder} holds MLX-quantized weights; load a float16/bfloat16/float32 folder instead")
     return weights
 
 

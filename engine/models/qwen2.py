@@ -106,9 +106,7 @@ class TransformerBlock:
 
     def __init__(self, args: ModelArgs, w: dict[str, mx.array], backend: str | None) -> None:
         self.input_layernorm = RMSNorm(w["input_layernorm.weight"], args.rms_norm_eps, backend)
-        self.post_attention_layernorm = RMSNorm(
-            w["post_attention_layernorm.weight"], args.rms_norm_eps, backend
-        )
+        self.post_attention_layernorm = RMSNorm(w["post_attention_layernorm.weight"], args.rms_norm_eps, backend)
         self.self_attn = Attention(args, _sub(w, "self_attn."), backend)
         self.mlp = MLP(_sub(w, "mlp."), backend)
 
@@ -131,8 +129,7 @@ class Qwen2Model:
             raise ValueError(f"missing {len(missing)} weights, e.g. {missing[:3]}")
         self.embed_tokens = weights["model.embed_tokens.weight"]  # (V, D)
         self.layers = [
-            TransformerBlock(args, _sub(weights, f"model.layers.{i}."), backend)
-            for i in range(args.num_hidden_layers)
+            TransformerBlock(args, _sub(weights, f"model.layers.{i}."), backend) for i in range(args.num_hidden_layers)
         ]
         self.norm = RMSNorm(weights["model.norm.weight"], args.rms_norm_eps, backend)
         # A quantized model carries its own (quantized) head even when the embedding is tied.
@@ -154,9 +151,7 @@ class Qwen2Model:
         """(..., D) -> (..., V)."""
         return linear(h, self.lm_head, None, self.backend)
 
-    def __call__(
-        self, ids: mx.array, cache: list[KVCache] | None = None, *, last_only: bool = False
-    ) -> mx.array:
+    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, *, last_only: bool = False) -> mx.array:
         """ids (B, L) -> logits (B, L, V), or (B, 1, V) for the last position when last_only
         (generation needs only that one, and the vocab projection is the largest matmul)."""
         h = self.hidden_states(ids, cache)
