@@ -83,7 +83,8 @@ def test_bench_runs_end_to_end_and_the_json_has_every_field(tiny_model_dir, tmp_
     assert r["concurrent_vs_no_cache"] == pytest.approx(eng["levels"][1]["total_tps"] / nc["total_tps"])
     assert r["decode_vs_peer"] is None
     checks = {c["name"]: c for c in res["checks"]}
-    assert checks["peak RSS (GB)"]["passed"] is True
+    rss = checks["peak RSS (GB)"]  # the pytest process's own peak: other tests may have pushed it up
+    assert rss["value"] == pytest.approx(eng["peak_rss_bytes"] / 1e9) and rss["passed"] is (rss["value"] < 1.5)
     assert checks["decode vs llama.cpp"]["passed"] is None  # no peer: n/a
     assert checks["decode under contention vs quiet"]["passed"] is not None
     assert "loading" in err and "no-cache path" in err  # progress goes to stderr
