@@ -116,7 +116,12 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
         kk = k[:, :, :1, :]
         outs = []
         for blk in layers:
-            outs += [blk.self_attn.rope(kq, S), blk.self_attn.rope(kk, S)]
+            r = blk.self_attn.rope
+            if fast and hasattr(kernels, "rope"):  # the fused kernel the model uses: (B, L, H, D) in
+                outs += [kernels.rope(kq.transpose(0, 2, 1, 3), r.inv_freq, S),
+                         kernels.rope(kk.transpose(0, 2, 1, 3), r.inv_freq, S)]  # fmt: skip
+            else:
+                outs += [r(kq, S), r(kk, S)]
         mx.eval(outs)
 
     def swiglus() -> None:
