@@ -57,7 +57,14 @@ class QuantizedWeight:
         return sum(a.nbytes for a in self.arrays())
 
     def validate(self) -> None:
-        """Raise ValueError unless the arrays match the format and shape."""
+        """Raise ValueError unless the arrays match the format and shape. A weight that passed once is
+        not checked again (the fields are frozen; every linear layer of every step calls this)."""
+        if self.__dict__.get("_valid"):
+            return
+        self._check()
+        object.__setattr__(self, "_valid", True)
+
+    def _check(self) -> None:
         if self.format not in BLOCK:
             raise ValueError(f"unknown quantization format {self.format!r}; known: {', '.join(FORMATS)}")
         if len(self.shape) != 2:
