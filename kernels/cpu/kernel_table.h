@@ -47,6 +47,9 @@ struct QGemvArgs {
   const float* dx = nullptr;     // Q8_0, Q5_0: the scale of each of those blocks, (M, K/32)
   const float* xqsum = nullptr;  // Q5_0: sum of each block of xq, (M, K/32)
   const uint32_t* qh = nullptr;  // Q5_0: fifth bits, (N, K/32)
+  // Q5_0: xq permuted per pair of blocks (b, b + 1), b even: values 0..15 of b, 0..15 of b + 1, 16..31 of
+  // b, 16..31 of b + 1 (an odd last block stays as it is), (M, K).
+  const int8_t* xq2 = nullptr;
 };
 
 struct KernelTable {

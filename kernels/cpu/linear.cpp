@@ -276,6 +276,23 @@ struct Ops {
     return acc + s[0] * static_cast<float>(d);
   }
   static inline void i8_store(int8_t* p, const I8& v) { std::memcpy(p, v.v, sizeof v.v); }
+  static inline void q5_load2(const uint8_t* qs, uint64_t qh2, I8& lo, I8& hi) {
+    const uint32_t h0 = static_cast<uint32_t>(qh2), h1 = static_cast<uint32_t>(qh2 >> 32);
+    for (int i = 0; i < 16; ++i) {
+      lo.v[i] = static_cast<int8_t>((qs[i] & 0xF) | (((h0 >> i) & 1u) << 4));
+      lo.v[i + 16] = static_cast<int8_t>((qs[16 + i] & 0xF) | (((h1 >> i) & 1u) << 4));
+      hi.v[i] = static_cast<int8_t>((qs[i] >> 4) | (((h0 >> (i + 16)) & 1u) << 4));
+      hi.v[i + 16] = static_cast<int8_t>((qs[16 + i] >> 4) | (((h1 >> (i + 16)) & 1u) << 4));
+    }
+  }
+  static inline F8 dot2_u8_madd(const I8& lo, const I8& hi, const I8& xlo, const I8& xhi, const float* s, F8 acc) {
+    int32_t d0 = 0, d1 = 0;
+    for (int i = 0; i < 16; ++i) {
+      d0 += int32_t(lo.v[i]) * xlo.v[i] + int32_t(hi.v[i]) * xhi.v[i];
+      d1 += int32_t(lo.v[i + 16]) * xlo.v[i + 16] + int32_t(hi.v[i + 16]) * xhi.v[i + 16];
+    }
+    return acc + s[0] * static_cast<float>(d0) + s[1] * static_cast<float>(d1);
+  }
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"

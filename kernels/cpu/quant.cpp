@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -112,6 +113,26 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
     a.xq = xq_buf.data();
     a.dx = dx_buf.data();
     a.xqsum = xs_buf.data();
+    if (f == QFormat::Q5_0 && gemv) {  // the pair layout the Q5_0 GEMV reads (see QGemvArgs::xq2)
+      thread_local std::vector<int8_t> xq2_buf;
+      if (static_cast<int64_t>(xq2_buf.size()) < M * K) xq2_buf.resize(M * K);
+      const int64_t nb = K / kQ8Block, h = kQ8Block / 2;
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* src = xq_buf.data() + m * K;
+        int8_t* dst = xq2_buf.data() + m * K;
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+          const int8_t* s0 = src + b * kQ8Block;
+          int8_t* d = dst + b * kQ8Block;
+          std::memcpy(d, s0, h);                              // block b, values 0..15
+          std::memcpy(d + h, s0 + kQ8Block, h);               // block b + 1, values 0..15
+          std::memcpy(d + 2 * h, s0 + h, h);                  // block b, values 16..31
+          std::memcpy(d + 3 * h, s0 + kQ8Block + h, h);       // block b + 1, values 16..31
+        }
+        if (b < nb) std::memcpy(dst + b * kQ8Block, src + b * kQ8Block, kQ8Block);
+      }
+      a.xq2 = xq2_buf.data();
+    }
     if (!gemv) a.x = xr_buf.data();
   }
 
