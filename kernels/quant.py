@@ -206,4 +206,50 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
     return (q * s + b).reshape(N, K)
 
 
-__all__ = ["BLOCK", "FORMATS", "QuantizedWeight", "dequantize", "quantize", "round_activations_q8"]
+def concat_rows(qws: list[QuantizedWeight]) -> QuantizedWeight | None:
+    """The weights stacked along N (one matmul instead of several on the same x), or None when they
+    do not share a format and K. The result owns new arrays; `split_rows` gives the parts back as views."""
+    if not qws or any(not isinstance(w, QuantizedWeight) for w in qws):
+        return None
+    fmt, K = qws[0].format, qws[0].shape[1]
+    if any(w.format != fmt or w.shape[1] != K for w in qws):
+        return None
+
+    def cat(name: str) -> mx.array | None:
+        parts = [getattr(w, name) for w in qws]
+        return None if parts[0] is None else mx.concatenate(parts)
+
+    out = QuantizedWeight(fmt, (sum(w.shape[0] for w in qws), K), cat("q"), cat("scales"), cat("biases"), cat("high"))
+    mx.eval(*out.arrays())
+    return out
+
+
+def split_rows(qw: QuantizedWeight, sizes: list[int]) -> list[QuantizedWeight]:
+    """Row ranges of `qw` (sizes sum to N) as QuantizedWeights over slices of its arrays."""
+    out, start = [], 0
+    for n in sizes:
+        sl = slice(start, start + n)
+        out.append(
+            QuantizedWeight(
+                qw.format,
+                (n, qw.shape[1]),
+                qw.q[sl],
+                qw.scales[sl],
+                None if qw.biases is None else qw.biases[sl],
+                None if qw.high is None else qw.high[sl],
+            )
+        )
+        start += n
+    return out
+
+
+__all__ = [
+    "BLOCK",
+    "FORMATS",
+    "QuantizedWeight",
+    "concat_rows",
+    "dequantize",
+    "quantize",
+    "round_activations_q8",
+    "split_rows",
+]

@@ -15,6 +15,7 @@ import mlx.core as mx
 
 import kernels
 from engine.cache import KVCache, make_cache
+from kernels.quant import QuantizedWeight, concat_rows, split_rows
 from engine.layers import RMSNorm, RoPE, embedding, linear, scaled_dot_product_attention, swiglu_mlp
 
 
@@ -60,13 +61,35 @@ class Attention:
         self.w = w  # q_proj.{weight,bias}, k_proj.*, v_proj.*, o_proj.weight
         self.rope = RoPE(self.head_dim, args.rope_theta)
         self.backend = backend
+        # Fast path: q, k (and v when it shares their format) as one stacked quantized matmul, so x is
+        # rounded and the thread pool woken once; w keeps the parts as views for the readable path.
+        self.fused: tuple[QuantizedWeight, mx.array, list[int]] | None = None
+        if backend != "ref":
+            names = ["q_proj", "k_proj", "v_proj"]
+            fused = concat_rows([w[f"{n}.weight"] for n in names])
+            if fused is None:
+                names = names[:2]
+                fused = concat_rows([w[f"{n}.weight"] for n in names])
+            if fused is not None:
+                sizes = [w[f"{n}.weight"].shape[0] for n in names]
+                for n, part in zip(names, split_rows(fused, sizes), strict=True):
+                    w[f"{n}.weight"] = part
+                bias = mx.concatenate([w[f"{n}.bias"] for n in names])
+                self.fused = (fused, bias, sizes)
 
     def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
         B, L, _ = x.shape
         w, be = self.w, self.backend
-        q = linear(x, w["q_proj.weight"], w["q_proj.bias"], be)  # (B, L, H*D)
-        k = linear(x, w["k_proj.weight"], w["k_proj.bias"], be)  # (B, L, H_kv*D)
-        v = linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
+        if self.fused is not None:  # one matmul for the stacked projections, then column slices
+            fused, bias, sizes = self.fused
+            y = linear(x, fused, bias, be)  # (B, L, sum(sizes))
+            parts = mx.split(y, [sizes[0], sizes[0] + sizes[1]][: len(sizes) - 1], axis=-1)
+            q, k = parts[0], parts[1]
+            v = parts[2] if len(parts) == 3 else linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
+        else:
+            q = linear(x, w["q_proj.weight"], w["q_proj.bias"], be)  # (B, L, H*D)
+            k = linear(x, w["k_proj.weight"], w["k_proj.bias"], be)  # (B, L, H_kv*D)
+            v = linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
         q = q.reshape(B, L, self.n_heads, self.head_dim)  # (B, L, H, D)
         k = k.reshape(B, L, self.n_kv_heads, self.head_dim)
         v = v.reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
@@ -95,9 +118,17 @@ class MLP:
     def __init__(self, w: dict[str, mx.array], backend: str | None) -> None:
         self.w = w
         self.backend = backend
+        # Fast path: gate and up as one stacked quantized matmul (views of it stay in w).
+        self.gate_up = None if backend == "ref" else concat_rows([w["gate_proj.weight"], w["up_proj.weight"]])
+        if self.gate_up is not None:
+            F = w["gate_proj.weight"].shape[0]
+            w["gate_proj.weight"], w["up_proj.weight"] = split_rows(self.gate_up, [F, F])
 
     def __call__(self, x: mx.array) -> mx.array:
         w = self.w
+        if self.gate_up is not None:
+            g, u = mx.split(linear(x, self.gate_up, None, self.backend), 2, axis=-1)  # (..., F) each
+            return linear(kernels.swiglu(g, u, backend=self.backend), w["down_proj.weight"], None, self.backend)
         return swiglu_mlp(x, w["gate_proj.weight"], w["up_proj.weight"], w["down_proj.weight"], self.backend)
 
 
