@@ -15,8 +15,8 @@ import mlx.core as mx
 
 import kernels
 from engine.cache import KVCache, make_cache
-from kernels.quant import QuantizedWeight, concat_rows, split_rows
 from engine.layers import RMSNorm, RoPE, embedding, linear, scaled_dot_product_attention, swiglu_mlp
+from kernels.quant import QuantizedWeight, concat_rows, split_rows
 
 
 @dataclass
