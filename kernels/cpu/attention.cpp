@@ -512,13 +512,20 @@ static const float* strided_view(const mx::array& a, int64_t st[3], std::vector<
   return scratch.data();
 }
 
+// Allocate `out` and register the arrays with the stream's encoder (every eval_cpu below starts so).
+static mx::cpu::CommandEncoder& begin_eval(const mx::Stream& stream, const std::vector<mx::array>& inputs,
+                                           mx::array& out) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& enc = mx::cpu::get_command_encoder(stream);
+  for (const auto& a : inputs) enc.set_input_array(a);
+  enc.set_output_array(out);
+  return enc;
+}
+
 void FlashAttention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
   mx::array& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = begin_eval(stream(), inputs, out);
   AttnArgs a{};
   a.B = q.shape(0);
   a.H = q.shape(1);
@@ -586,10 +593,7 @@ mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::Stream
 
 void RMSNorm::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   mx::array& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = begin_eval(stream(), inputs, out);
   const float* xp = inputs[0].data<float>();
   const float* wp = inputs[1].data<float>();
   float* yp = out.data<float>();
@@ -638,10 +642,7 @@ mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice 
 
 void SwiGLU::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   mx::array& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = begin_eval(stream(), inputs, out);
   const float* gp = inputs[0].data<float>();
   const float* up = inputs[1].data<float>();
   float* yp = out.data<float>();
@@ -701,10 +702,7 @@ mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset, const 
 
 void RoPE::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   mx::array& out = outputs[0];
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& enc = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) enc.set_input_array(a);
-  enc.set_output_array(out);
+  auto& enc = begin_eval(stream(), inputs, out);
   const float* xp = inputs[0].data<float>();
   const float* fp = inputs[1].data<float>();
   const int32_t* op = per_row_ ? inputs[2].data<int32_t>() : nullptr;
