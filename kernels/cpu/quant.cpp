@@ -107,12 +107,13 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
     const int64_t nb = M * (K / kQ8Block);
     if (static_cast<int64_t>(xq_buf.size()) < M * K) xq_buf.resize(M * K);
     if (static_cast<int64_t>(dx_buf.size()) < nb) dx_buf.resize(nb);
-    if (static_cast<int64_t>(xs_buf.size()) < nb) xs_buf.resize(nb);
+    if (f == QFormat::Q5_0 && static_cast<int64_t>(xs_buf.size()) < nb) xs_buf.resize(nb);
     if (!gemv && static_cast<int64_t>(xr_buf.size()) < M * K) xr_buf.resize(M * K);
-    quantize_x_q8(x, M, K, xq_buf.data(), dx_buf.data(), gemv ? nullptr : xr_buf.data(), xs_buf.data());
+    float* xs = f == QFormat::Q5_0 ? xs_buf.data() : nullptr;  // only Q5_0's offset term needs the sums
+    quantize_x_q8(x, M, K, xq_buf.data(), dx_buf.data(), gemv ? nullptr : xr_buf.data(), xs);
     a.xq = xq_buf.data();
     a.dx = dx_buf.data();
-    a.xqsum = xs_buf.data();
+    a.xqsum = xs;
     if (f == QFormat::Q5_0 && gemv) {  // the pair layout the Q5_0 GEMV reads (see QGemvArgs::xq2)
       thread_local std::vector<int8_t> xq2_buf;
       if (static_cast<int64_t>(xq2_buf.size()) < M * K) xq2_buf.resize(M * K);
