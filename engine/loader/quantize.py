@@ -57,17 +57,23 @@ def gguf_source(folder: Path) -> Path | None:
     return path if meta.get("gguf") and path.is_file() else None
 
 
-def resolve_quant(mode: str, folder: Path | None) -> str:
-    """The concrete mode for `mode` ("auto" -> "gguf" or "q8_0"); "gguf" without a GGUF is an error."""
-    check_quant(mode)
+def _required_gguf_source(folder: Path | None) -> Path:
     source = gguf_source(folder) if folder is not None else None
-    if mode == "auto":
-        return "gguf" if source is not None else "q8_0"
-    if mode == "gguf" and source is None:
+    if source is None:
         raise ValueError(
             f"quant 'gguf' needs the GGUF the model was converted from, and {folder} has none"
             " (source.json missing or its file gone); use --quant q8_0"
         )
+    return source
+
+
+def resolve_quant(mode: str, folder: Path | None) -> str:
+    """The concrete mode for `mode` ("auto" -> "gguf" or "q8_0"); "gguf" without a GGUF is an error."""
+    check_quant(mode)
+    if mode == "auto":
+        return "gguf" if folder is not None and gguf_source(folder) is not None else "q8_0"
+    if mode == "gguf":
+        _required_gguf_source(folder)
     return mode
 
 
@@ -201,10 +207,7 @@ def quantize_weights(
             qws = None
     if qws is None:
         if mode == "gguf":
-            gguf_file = gguf_source(folder) if folder is not None else None
-            if gguf_file is None:
-                raise ValueError(f"quant 'gguf' needs the model's source GGUF; {folder} has none")
-            qws = gguf_quantized(gguf_file, wanted)
+            qws = gguf_quantized(_required_gguf_source(folder), wanted)
             qws.update({n: quantize(source[n], "q8_0") for n in sorted(wanted - set(qws))})
         else:
             qws = {n: quantize(source[n], mode) for n in sorted(wanted)}
