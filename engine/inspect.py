@@ -99,9 +99,7 @@ def _traced_block(block: TransformerBlock, x: mx.array, backend: str | None, kee
     w = attn.w
     B, L, _ = x.shape
     xn = block.input_layernorm(x)
-    q = linear(xn, w["q_proj.weight"], w["q_proj.bias"], backend)  # (B, L, H*D)
-    k = linear(xn, w["k_proj.weight"], w["k_proj.bias"], backend)  # (B, L, H_kv*D)
-    v = linear(xn, w["v_proj.weight"], w["v_proj.bias"], backend)
+    q, k, v = attn.project(xn)  # (B, L, H*D), (B, L, H_kv*D) x 2
     q_pre = q.reshape(B, L, attn.n_heads, attn.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, D)
     k_pre = k.reshape(B, L, attn.n_kv_heads, attn.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
     v = v.reshape(B, L, attn.n_kv_heads, attn.head_dim).transpose(0, 2, 1, 3)

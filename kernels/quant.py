@@ -208,7 +208,7 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
 
 def concat_rows(qws: list[QuantizedWeight]) -> QuantizedWeight | None:
     """The weights stacked along N (one matmul instead of several on the same x), or None when they
-    do not share a format and K. The result owns new arrays; `split_rows` gives the parts back as views."""
+    do not share a format and K. The result owns new arrays."""
     if not qws or any(not isinstance(w, QuantizedWeight) for w in qws):
         return None
     fmt, K = qws[0].format, qws[0].shape[1]
@@ -224,25 +224,6 @@ def concat_rows(qws: list[QuantizedWeight]) -> QuantizedWeight | None:
     return out
 
 
-def split_rows(qw: QuantizedWeight, sizes: list[int]) -> list[QuantizedWeight]:
-    """Row ranges of `qw` (sizes sum to N) as QuantizedWeights over slices of its arrays."""
-    out, start = [], 0
-    for n in sizes:
-        sl = slice(start, start + n)
-        out.append(
-            QuantizedWeight(
-                qw.format,
-                (n, qw.shape[1]),
-                qw.q[sl],
-                qw.scales[sl],
-                None if qw.biases is None else qw.biases[sl],
-                None if qw.high is None else qw.high[sl],
-            )
-        )
-        start += n
-    return out
-
-
 __all__ = [
     "BLOCK",
     "FORMATS",
@@ -251,5 +232,4 @@ __all__ = [
     "dequantize",
     "quantize",
     "round_activations_q8",
-    "split_rows",
 ]

@@ -89,11 +89,10 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
         outs = []
         for blk in layers:
             w = blk.self_attn.w
-            outs += [linear(x, w[f"{n}_proj.weight"], w[f"{n}_proj.bias"], model.backend) for n in "qkv"]
+            outs += list(blk.self_attn.project(x))
             outs.append(linear(x, w["o_proj.weight"], None, model.backend))
-            m = blk.mlp.w
-            outs += [linear(x, m[f"{n}_proj.weight"], None, model.backend) for n in ("gate", "up")]
-            outs.append(linear(g, m["down_proj.weight"], None, model.backend))
+            outs += list(blk.mlp.project(x))
+            outs.append(linear(g, blk.mlp.w["down_proj.weight"], None, model.backend))
         outs.append(model.logits(x))
         mx.eval(outs)
 

@@ -28,7 +28,8 @@ def test_none_keeps_float32(tiny_model_dir):
 def test_q8_0_quantizes_every_linear_and_stays_close(tiny_model_dir):
     f32 = load_model(str(tiny_model_dir), quant="none")
     q8 = load_model(str(tiny_model_dir), quant="q8_0")
-    block = q8.model.layers[0]
+    # the loader's weights one by one (the fast path stacks q/k/v and gate/up into single matmuls)
+    block = load_model(str(tiny_model_dir), quant="q8_0", backend="ref").model.layers[0]
     assert all(isinstance(v, QuantizedWeight) for k, v in block.self_attn.w.items() if k.endswith("weight"))
     assert all(isinstance(v, QuantizedWeight) for v in block.mlp.w.values())
     assert isinstance(q8.model.lm_head, QuantizedWeight)
@@ -48,7 +49,9 @@ def test_gguf_mode_takes_the_gguf_blocks_bit_for_bit(tiny_model_dir):
     f32 = load_model(str(tiny_model_dir), quant="none")
     reader = gguf.GGUFReader(str(gguf_source(tiny_model_dir)))
     kinds = {hf_name(t.name): t.tensor_type.name for t in reader.tensors}
-    layer = lm.model.layers[0]
+    # the loader's weights one by one: the readable path keeps them unstacked (the fast path stacks q/k/v
+    # and gate/up into single matmuls, whose KL is checked below)
+    layer = load_model(str(tiny_model_dir), backend="ref").model.layers[0]
     seen = set()
     for prefix, ws in (("model.layers.0.self_attn.", layer.self_attn.w), ("model.layers.0.mlp.", layer.mlp.w)):
         f32ws = f32.model.layers[0].self_attn.w if "attn" in prefix else f32.model.layers[0].mlp.w
@@ -76,7 +79,7 @@ def test_gguf_mode_without_its_gguf_is_a_clear_error(tiny_model_dir, tmp_path):
 
 def test_affine4_keeps_weights_whose_k_is_not_a_multiple_of_64_in_float32(tiny_model_dir):
     lm = load_model(str(tiny_model_dir), quant="affine4")
-    mlp = lm.model.layers[0].mlp.w
+    mlp = load_model(str(tiny_model_dir), quant="affine4", backend="ref").model.layers[0].mlp.w  # unstacked
     assert isinstance(mlp["gate_proj.weight"], QuantizedWeight)  # K = hidden 64
     assert not isinstance(mlp["down_proj.weight"], QuantizedWeight)  # K = intermediate 96
     assert np.isfinite(logits(lm)).all()

@@ -10,13 +10,14 @@ in the 0.5B model).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from itertools import accumulate
 
 import mlx.core as mx
 
 import kernels
 from engine.cache import KVCache, make_cache
 from engine.layers import RMSNorm, RoPE, embedding, linear, scaled_dot_product_attention, swiglu_mlp
-from kernels.quant import QuantizedWeight, concat_rows, split_rows
+from kernels.quant import QuantizedWeight, concat_rows
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Attention:
         self.rope = RoPE(self.head_dim, args.rope_theta)
         self.backend = backend
         # Fast path: q, k (and v when it shares their format) as one stacked quantized matmul, so x is
-        # rounded and the thread pool woken once; w keeps the parts as views for the readable path.
+        # rounded and the thread pool woken once. The stacked copy replaces the parts in w (a slice of
+        # it would be copied on every call); `project` is the one way to get q, k, v.
         self.fused: tuple[QuantizedWeight, mx.array, list[int]] | None = None
         if backend != "ref":
             names = ["q_proj", "k_proj", "v_proj"]
@@ -71,25 +73,23 @@ class Attention:
                 names = names[:2]
                 fused = concat_rows([w[f"{n}.weight"] for n in names])
             if fused is not None:
-                sizes = [w[f"{n}.weight"].shape[0] for n in names]
-                for n, part in zip(names, split_rows(fused, sizes), strict=True):
-                    w[f"{n}.weight"] = part
-                bias = mx.concatenate([w[f"{n}.bias"] for n in names])
-                self.fused = (fused, bias, sizes)
+                sizes = [w.pop(f"{n}.weight").shape[0] for n in names]
+                self.fused = (fused, mx.concatenate([w[f"{n}.bias"] for n in names]), sizes)
+
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """x (B, L, E) -> q (B, L, H*D), k, v (B, L, H_kv*D), before RoPE."""
+        w, be = self.w, self.backend
+        if self.fused is None:
+            return tuple(linear(x, w[f"{n}_proj.weight"], w[f"{n}_proj.bias"], be) for n in "qkv")
+        fused, bias, sizes = self.fused
+        parts = mx.split(linear(x, fused, bias, be), list(accumulate(sizes))[:-1], axis=-1)  # q, k (, v)
+        v = parts[2] if len(parts) == 3 else linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
+        return parts[0], parts[1], v
 
     def __call__(self, x: mx.array, cache: KVCache | None = None) -> mx.array:
         B, L, _ = x.shape
         w, be = self.w, self.backend
-        if self.fused is not None:  # one matmul for the stacked projections, then column slices
-            fused, bias, sizes = self.fused
-            y = linear(x, fused, bias, be)  # (B, L, sum(sizes))
-            parts = mx.split(y, [sizes[0], sizes[0] + sizes[1]][: len(sizes) - 1], axis=-1)
-            q, k = parts[0], parts[1]
-            v = parts[2] if len(parts) == 3 else linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
-        else:
-            q = linear(x, w["q_proj.weight"], w["q_proj.bias"], be)  # (B, L, H*D)
-            k = linear(x, w["k_proj.weight"], w["k_proj.bias"], be)  # (B, L, H_kv*D)
-            v = linear(x, w["v_proj.weight"], w["v_proj.bias"], be)
+        q, k, v = self.project(x)  # (B, L, H*D), (B, L, H_kv*D) x 2
         q = q.reshape(B, L, self.n_heads, self.head_dim)  # (B, L, H, D)
         k = k.reshape(B, L, self.n_kv_heads, self.head_dim)
         v = v.reshape(B, L, self.n_kv_heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
@@ -118,16 +118,23 @@ class MLP:
     def __init__(self, w: dict[str, mx.array], backend: str | None) -> None:
         self.w = w
         self.backend = backend
-        # Fast path: gate and up as one stacked quantized matmul (views of it stay in w).
-        self.gate_up = None if backend == "ref" else concat_rows([w["gate_proj.weight"], w["up_proj.weight"]])
-        if self.gate_up is not None:
-            F = w["gate_proj.weight"].shape[0]
-            w["gate_proj.weight"], w["up_proj.weight"] = split_rows(self.gate_up, [F, F])
+        # Fast path: gate and up as one stacked quantized matmul, replacing the two in w (see Attention).
+        self.fused = None if backend == "ref" else concat_rows([w["gate_proj.weight"], w["up_proj.weight"]])
+        if self.fused is not None:
+            del w["gate_proj.weight"], w["up_proj.weight"]
+
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        """x (..., E) -> gate, up (..., F)."""
+        w, be = self.w, self.backend
+        if self.fused is None:
+            return linear(x, w["gate_proj.weight"], None, be), linear(x, w["up_proj.weight"], None, be)
+        g, u = mx.split(linear(x, self.fused, None, be), 2, axis=-1)
+        return g, u
 
     def __call__(self, x: mx.array) -> mx.array:
         w = self.w
-        if self.gate_up is not None:
-            g, u = mx.split(linear(x, self.gate_up, None, self.backend), 2, axis=-1)  # (..., F) each
+        if self.fused is not None:
+            g, u = self.project(x)
             return linear(kernels.swiglu(g, u, backend=self.backend), w["down_proj.weight"], None, self.backend)
         return swiglu_mlp(x, w["gate_proj.weight"], w["up_proj.weight"], w["down_proj.weight"], self.backend)
 
