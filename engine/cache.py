@@ -65,7 +65,8 @@ class DenseKVCache(KVCache):
         self.values: mx.array | None = None
         self.offset = 0
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+    def reserve(self, keys: mx.array, values: mx.array) -> None:
+        """Make room for these keys/values (B, H_kv, L, D) after the stored tokens."""
         B, H, L, D = keys.shape
         prev = self.offset
         capacity = 0 if self.keys is None else self.keys.shape[2]
@@ -78,6 +79,11 @@ class DenseKVCache(KVCache):
                 k_new[:, :, :prev, :] = self.keys[:, :, :prev, :]
                 v_new[:, :, :prev, :] = self.values[:, :, :prev, :]
             self.keys, self.values = k_new, v_new
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        L = keys.shape[2]
+        prev = self.offset
+        self.reserve(keys, values)
         self.keys[:, :, prev : prev + L, :] = keys
         self.values[:, :, prev : prev + L, :] = values
         self.offset = prev + L
@@ -142,6 +148,29 @@ class BatchKVCache(KVCache):
 
     def attention_mask(self, L: int) -> mx.array | None:
         return self._mask
+
+    @property
+    def fused_decode(self) -> bool:
+        """Whether `decode_attention` can serve this batch (every row a dense cache)."""
+        return all(isinstance(c, DenseKVCache) for c in self.rows)
+
+    def decode_attention(self, q: mx.array, k: mx.array, v: mx.array, *, scale: float, backend: str | None) -> mx.array:
+        """The fast path for one new token per row: store each row's k/v (B, H_kv, 1, D) in its own buffer
+        and attend q (B, H, 1, D) over each row's keys in one kernel call (kernels.decode_attention_rows),
+        instead of `update_and_fetch`'s padding and concatenation of every row. Returns (B, H, 1, D)."""
+        import kernels
+
+        for b, c in enumerate(self.rows):
+            c.reserve(k[b : b + 1], v[b : b + 1])
+        lengths = [c.offset for c in self.rows]
+        out, bufs = kernels.decode_attention_rows(
+            q, k, v, [(c.keys, c.values) for c in self.rows], lengths, scale=scale, backend=backend
+        )
+        for c, (kb, vb) in zip(self.rows, bufs, strict=True):
+            c.keys, c.values = kb, vb  # the cpu kernel wrote in place and returns the same arrays
+            c.offset += 1
+        self._offsets = [n + 1 for n in lengths]
+        return out
 
     def kv_lengths(self) -> mx.array:
         return mx.array(self._offsets, dtype=mx.int32)  # (B,) right padding past these is ignored

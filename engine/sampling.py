@@ -142,6 +142,28 @@ def descending_order(logits: np.ndarray, k: int = 0) -> np.ndarray:
     return np.sort(packed) & 0xFFFFFFFF
 
 
+def top_indices(values: np.ndarray, n: int, block: int = 256) -> np.ndarray:
+    """Indices of the n largest of a 1-D array, largest first, ties in index order.
+
+    `np.argpartition` over a 152k vocabulary costs ~1.7 ms, which a 16-row decode step pays 16 times. So
+    first take the maximum of each block of `block` values: the n-th largest of those maxima, t, is at
+    most the n-th largest value (the n blocks with the largest maxima each hold a value >= t). Every one
+    of the n largest values is therefore >= t, and only the few values >= t need sorting."""
+    values = np.asarray(values).reshape(-1)
+    n = min(n, values.size)
+    if n <= 0:
+        return np.array([], dtype=np.int64)
+    nb = values.size // block
+    if nb <= n:  # small input: sort it all
+        return np.argsort(-values, kind="stable")[:n]
+    maxima = values[: nb * block].reshape(nb, block).max(axis=1)
+    if values.size > nb * block:
+        maxima = np.append(maxima, values[nb * block :].max())
+    t = np.partition(maxima, maxima.size - n)[maxima.size - n]  # n-th largest block maximum
+    cand = np.flatnonzero(values >= t)  # ascending indices, so the stable sort keeps ties in index order
+    return cand[np.argsort(-values[cand], kind="stable")[:n]]
+
+
 def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[int] = ()) -> Distribution:
     """The filtered, renormalized distribution the draw uses.  logits: (V,) for one position."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
@@ -180,9 +202,7 @@ class Sampler:
         idx = 0 if dist.probs.size == 1 else int(self.rng.choice(dist.probs.size, p=dist.probs))
         token = int(dist.token_ids[idx])
         raw = log_softmax(logits)
-        n = min(self.params.logprobs, raw.size)
-        top = np.argpartition(-raw, n - 1)[:n] if n else np.array([], dtype=np.int64)
-        top = top[np.argsort(-raw[top], kind="stable")]
+        top = top_indices(raw, self.params.logprobs)
         return SampleRecord(
             token=token,
             prob=float(dist.probs[idx]),

@@ -33,6 +33,7 @@ __all__ = [
     "QuantizedWeight",
     "available_backends",
     "backend_for",
+    "decode_attention_rows",
     "dequantize",
     "flash_attention",
     "linear",
@@ -43,7 +44,15 @@ __all__ = [
     "swiglu",
 ]
 
-OPS: tuple[str, ...] = ("linear", "quantized_linear", "flash_attention", "rms_norm", "rope", "swiglu")
+OPS: tuple[str, ...] = (
+    "linear",
+    "quantized_linear",
+    "flash_attention",
+    "decode_attention_rows",
+    "rms_norm",
+    "rope",
+    "swiglu",
+)
 _BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
 
 _log = logging.getLogger("kernels")
@@ -296,6 +305,56 @@ def flash_attention(
     if backend == "ref":
         return ref.flash_attention(q, k, v, scale, causal, kv_lengths)
     return _cpu.load().flash_attention(q, k, v, scale, causal, kv_lengths)
+
+
+def decode_attention_rows(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    rows: list[tuple[mx.array, mx.array]],
+    lengths: list[int],
+    *,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+    """One decode step of a continuous batch whose rows keep their own cache buffers.
+
+    q: (B, H, 1, D); k, v: (B, H_kv, 1, D), the new token of each row; rows[b] = (keys, values) buffers
+    of row b, each (1, H_kv, capacity_b, D) with capacity_b > lengths[b]; lengths[b]: tokens row b holds.
+    Row b's k/v are stored at position lengths[b] and q[b] attends over the row's lengths[b] + 1 keys.
+    Returns (out (B, H, 1, D), the updated (keys, values) per row); callers replace their buffers with
+    these. The cpu kernel writes the new token into the given buffers IN PLACE (as a paged cache's writes
+    do: mlx cannot donate buffers through one op for many rows) and returns the same arrays, so nothing
+    pending may read positions >= lengths[b] of them; a step then costs one op per layer instead of
+    padding and concatenating every row's cache. The ref backend returns new arrays.
+    Raises ValueError on bad shapes/dtypes/lengths/backends, RuntimeError if the backend can't run.
+    """
+    if not all(isinstance(a, mx.array) for a in (q, k, v)):
+        raise ValueError("decode_attention_rows: q, k, v must be mx.arrays")
+    if q.ndim != 4 or q.shape[2] != 1:
+        raise ValueError(f"decode_attention_rows: q must be (B, H, 1, D), got {_shape(q)}")
+    B, H, _, D = q.shape
+    if k.ndim != 4 or k.shape != v.shape or k.shape[0] != B or k.shape[2] != 1 or k.shape[3] != D:
+        raise ValueError(
+            f"decode_attention_rows: k, v must be (B, H_kv, 1, D) = ({B}, H_kv, 1, {D}), got {_shape(k)}, {_shape(v)}"
+        )
+    if len(rows) != B or len(lengths) != B:
+        raise ValueError(f"decode_attention_rows: need {B} rows and {B} lengths, got {len(rows)} and {len(lengths)}")
+    for b, ((kc, vc), n) in enumerate(zip(rows, lengths, strict=True)):
+        if kc.ndim != 4 or kc.shape != vc.shape or kc.shape[:2] != (1, k.shape[1]) or kc.shape[3] != D:
+            raise ValueError(
+                f"decode_attention_rows: row {b}'s buffers must be (1, {k.shape[1]}, capacity, {D}), "
+                f"got {_shape(kc)}, {_shape(vc)}"
+            )
+        if not 0 <= int(n) < kc.shape[2]:
+            raise ValueError(f"decode_attention_rows: row {b} holds {n} tokens: no room in a buffer of {kc.shape[2]}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    arrays = (q, k, v, *(a for r in rows for a in r))
+    backend = _pick("decode_attention_rows", backend, all(a.dtype == mx.float32 for a in arrays))
+    if backend == "ref":
+        return ref.decode_attention_rows(q, k, v, rows, [int(n) for n in lengths], scale)
+    out = _cpu.load().decode_attention_rows(q, k, v, [a for r in rows for a in r], [int(n) for n in lengths], scale)
+    return out, [(kc, vc) for kc, vc in rows]
 
 
 def rms_norm(x: mx.array, w: mx.array, eps: float, *, backend: str | None = None) -> mx.array:

@@ -67,6 +67,32 @@ def flash_attention(
     return out.reshape(B, H, L, D)
 
 
+def decode_attention_rows(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    rows: list[tuple[mx.array, mx.array]],
+    lengths: list[int],
+    scale: float,
+) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+    """One decode step for B rows with their own cache buffers, the plain way: write row b's new key and
+    value at position lengths[b] of its buffers, pad every row's keys to the longest and run
+    flash_attention with per-row lengths. q: (B, H, 1, D); k, v: (B, H_kv, 1, D); rows[b]: (keys, values)
+    buffers (1, H_kv, capacity, D). Returns (out (B, H, 1, D), the updated buffers)."""
+    S = max(lengths) + 1
+    new_rows, ks, vs = [], [], []
+    for b, ((kc, vc), n) in enumerate(zip(rows, lengths, strict=True)):
+        kc = mx.concatenate([kc[:, :, :n], k[b : b + 1], kc[:, :, n + 1 :]], axis=2)
+        vc = mx.concatenate([vc[:, :, :n], v[b : b + 1], vc[:, :, n + 1 :]], axis=2)
+        new_rows.append((kc, vc))
+        pad = [(0, 0), (0, 0), (0, S - n - 1), (0, 0)]
+        ks.append(mx.pad(kc[:, :, : n + 1], pad))
+        vs.append(mx.pad(vc[:, :, : n + 1], pad))
+    kv_lengths = mx.array([n + 1 for n in lengths], dtype=mx.int32)
+    out = flash_attention(q, mx.concatenate(ks), mx.concatenate(vs), scale, True, kv_lengths)
+    return out, new_rows
+
+
 def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
     """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D)."""
     inv_rms = mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)

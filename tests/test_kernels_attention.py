@@ -232,3 +232,69 @@ def test_fused_ops_reject_bad_shapes(backend) -> None:
 def test_every_op_has_a_default_backend() -> None:
     for op in ("flash_attention", "rms_norm", "swiglu"):
         assert kernels.backend_for(op) in ("ref", "cpu")
+
+
+# --- decode_attention_rows: one decode step over per-row cache buffers ----------------------------
+
+
+def _rows(caps: list[int], H_kv: int, D: int, seed: int):
+    keys = mx.random.split(mx.random.key(seed), 2 * len(caps))
+    return [
+        (mx.random.normal((1, H_kv, c, D), key=keys[2 * i]), mx.random.normal((1, H_kv, c, D), key=keys[2 * i + 1]))
+        for i, c in enumerate(caps)
+    ]
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize(
+    "H,H_kv,D,lengths,caps",
+    [
+        (14, 2, 64, [0, 3, 17, 64, 200], [1, 4, 256, 65, 256]),  # GQA 7, ragged, a row at its first token
+        (4, 4, 32, [5, 1000], [6, 1024]),  # GQA 1, long row
+        (6, 3, 48, [2047, 9, 31], [2048, 16, 32]),  # GQA 2, D not a multiple of 16, 2048 keys
+    ],
+)
+def test_decode_attention_rows_matches_ref(backend, H, H_kv, D, lengths, caps) -> None:
+    """Each row stores its new key/value at its own length and attends over its own buffer; the
+    reference pads and concatenates the rows and runs flash_attention with per-row lengths."""
+    require(backend)
+    B = len(lengths)
+    q, k, v = qkv(B, H, H_kv, 1, 1, D, seed=len(lengths) + D)
+    want_out, want_rows = ref.decode_attention_rows(q, k, v, _rows(caps, H_kv, D, 1), lengths, 0.2)
+    out, rows = kernels.decode_attention_rows(q, k, v, _rows(caps, H_kv, D, 1), lengths, scale=0.2, backend=backend)
+    assert_allclose(out, want_out, rtol=RTOL, atol=ATOL)
+    for (kc, vc), (kw, vw), n in zip(rows, want_rows, lengths, strict=True):
+        # The stored token and everything before it; past it the buffers are free space.
+        assert_allclose(kc[:, :, : n + 1], kw[:, :, : n + 1], rtol=0, atol=0)
+        assert_allclose(vc[:, :, : n + 1], vw[:, :, : n + 1], rtol=0, atol=0)
+
+
+def test_decode_attention_rows_on_every_isa() -> None:
+    require("cpu")
+    ext = kcpu.load()
+    q, k, v = qkv(3, 8, 2, 1, 1, 64, seed=5)
+    lengths, caps = [4, 70, 0], [8, 128, 3]
+    want, _ = ref.decode_attention_rows(q, k, v, _rows(caps, 2, 64, 2), lengths, 0.125)
+    before = ext.cpu_isa()
+    try:
+        for isa in ext.supported_isas():
+            ext.set_isa(isa)
+            out, _ = kernels.decode_attention_rows(q, k, v, _rows(caps, 2, 64, 2), lengths, scale=0.125, backend="cpu")
+            assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+    finally:
+        ext.set_isa(before)
+
+
+@pytest.mark.parametrize("backend", ["ref", *FAST_BACKENDS])
+def test_decode_attention_rows_rejects_bad_input(backend) -> None:
+    require(backend)
+    q, k, v = qkv(2, 4, 2, 1, 1, 16)
+    rows = _rows([8, 8], 2, 16, 0)
+    with pytest.raises(ValueError, match="no room"):
+        kernels.decode_attention_rows(q, k, v, rows, [3, 8], backend=backend)
+    with pytest.raises(ValueError, match="need 2 rows"):
+        kernels.decode_attention_rows(q, k, v, rows[:1], [3], backend=backend)
+    with pytest.raises(ValueError, match="buffers must be"):
+        kernels.decode_attention_rows(q, k, v, [rows[0], (rows[1][0][:, :1], rows[1][1])], [1, 1], backend=backend)
+    with pytest.raises(ValueError, match=r"\(B, H, 1, D\)"):
+        kernels.decode_attention_rows(mx.concatenate([q, q], axis=2), k, v, rows, [1, 1], backend=backend)

@@ -251,3 +251,51 @@ def test_extension_validates_too():
         ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.scales, None, None, "q4_0")
     with pytest.raises(ValueError, match="scales must have shape"):
         ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.scales[:, :1], None, None, "q8_0")
+
+
+# --- the int8 GEMM (AVX-512 VNNI: from 3 rows of x) --------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_0"])
+@pytest.mark.parametrize(("M", "K", "N"), [(3, 64, 16), (8, 96, 17), (9, 896, 40), (16, 4864, 33), (37, 160, 50)])
+def test_many_rows_match_one_row_at_a_time(fmt, M, K, N):
+    """Rows of x as one matmul (the int8 GEMM where the ISA has it, packed 16-row weight panels, x in
+    tiles of 8) against each row on its own (the GEMV): both compute the same exact int32 block dot
+    products, so they agree to float32 rounding. N not a multiple of 16 checks the last, padded panel."""
+    require("cpu")
+    x, w, b = make(M, K, N, bias=True, seed=M * K + N)
+    qw = quantize(w, fmt)
+    many = kernels.quantized_linear(x, qw, b, backend="cpu")
+    one = mx.concatenate([kernels.quantized_linear(x[m : m + 1], qw, b, backend="cpu") for m in range(M)])
+    assert_close(many, one, K=K, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_0"])
+def test_gemm_integer_extremes_do_not_saturate(fmt):
+    """The GEMM's u8 x s8 products: Q8_0 puts x + 128 (up to 255) against weights of +-127; Q5_0 puts
+    weights up to 31 against x of +-127. Checked against the reference for rows of x at both extremes."""
+    require("cpu")
+    K = 256
+    w = mx.where(mx.arange(K) % 3 == 0, -1.0, 1.0)[None, :] * mx.array([[1.0], [-1.0], [0.5], [0.25]] * 5)  # (20, K)
+    x = mx.where(mx.arange(K) % 2 == 0, 1.0, -1.0)[None, :] * mx.array([[100.0], [-7.0], [1.0], [-1.0], [3.0]])
+    qw = quantize(w, fmt)
+    assert_close(kernels.quantized_linear(x, qw, backend="cpu"), ref.quantized_linear(x, qw), K=K)
+
+
+def test_gemm_rounds_ties_away_from_zero():
+    """The GEMM path rounds x with its own vector code; halves must go away from zero as in
+    round_activations_q8 (round-half-even would give 2 for 2.5 and shift every row by whole units)."""
+    require("cpu")
+    K, M = 64, 4
+    row = np.full(K, 2.5, dtype=np.float32)
+    row[0] = 127.0  # d = 1: x * (1/d) lands exactly on the halves
+    row[1:16] = -0.5
+    row[16:24] = 0.5
+    row[24:32] = -2.5
+    x = mx.array(np.tile(row, (M, 1)) * np.array([[1.0], [-1.0], [1.0], [-1.0]], dtype=np.float32))
+    w = mx.ones((16, K)) * 0.01
+    for fmt in ("q8_0", "q5_0"):
+        qw = quantize(w, fmt)
+        got = np.array(kernels.quantized_linear(x, qw, backend="cpu"))
+        want = np.array(ref.quantized_linear(x, qw))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.sampling import (
     Sampler,
@@ -15,6 +17,7 @@ from engine.sampling import (
     distribution,
     log_softmax,
     min_p_mask,
+    top_indices,
     top_k_mask,
     top_p_mask,
 )
@@ -189,3 +192,20 @@ def test_distribution_matches_the_full_sort_reference_on_a_real_sized_vocabulary
     ids, probs = _reference_distribution(logits.astype(np.float64), params)
     assert np.array_equal(d.token_ids, ids)
     np.testing.assert_allclose(d.probs, probs, rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-4, 4), min_size=1, max_size=700),
+    st.integers(0, 40),
+    st.integers(1, 64),
+    st.booleans(),
+)
+def test_top_indices_is_a_stable_descending_sort_prefix(ints, n, block, use_floats):
+    """top_indices (block maxima, then a threshold) gives exactly the first n of the stable descending
+    argsort, ties (many, with small integers) in index order."""
+    values = np.array(ints, dtype=np.float64)
+    if use_floats:
+        values = values + np.random.default_rng(len(ints)).standard_normal(values.size)
+    want = np.argsort(-values, kind="stable")[:n]
+    np.testing.assert_array_equal(top_indices(values, n, block=block), want)

@@ -100,6 +100,11 @@ class Attention:
         else:  # the kernel: the same rotation fused with the transpose, angles once per position
             q = kernels.rope(q, self.rope.inv_freq, offset, backend=be)  # (B, H, L, D)
             k = kernels.rope(k, self.rope.inv_freq, offset, backend=be)  # (B, H_kv, L, D)
+        if be != "ref" and L == 1 and getattr(cache, "fused_decode", False):
+            # A continuous batch's decode step: store and attend per row in one kernel (no padding).
+            out = cache.decode_attention(q, k, v, scale=self.scale, backend=be)
+            out = out.transpose(0, 2, 1, 3).reshape(B, L, self.n_heads * self.head_dim)
+            return linear(out, w["o_proj.weight"], None, be)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # (B, H_kv, S, D), S = offset + L
         if be == "ref":  # the readable math (engine/layers/attention.py), as inspect shows it

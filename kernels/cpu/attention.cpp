@@ -320,6 +320,11 @@ struct AttnArgs {
   float scale;
   bool causal;
   int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
+  // Per-row K/V buffers instead of k/v (decode_attention_rows): row b's keys of kv head hk start at
+  // krows[b] + hk * row_hs[b], one position every ks[2] floats.
+  const float* const* krows = nullptr;
+  const float* const* vrows = nullptr;
+  const int64_t* row_hs = nullptr;
 };
 
 template <class K>
@@ -360,8 +365,8 @@ static void attn_task(const AttnArgs& a, int64_t task) {
   }
   std::fill(O, O + R * D, 0.0f);
 
-  const float* kb = a.k + b * a.ks[0] + hk * a.ks[1];
-  const float* vb = a.v + b * a.vs[0] + hk * a.vs[1];
+  const float* kb = a.krows ? a.krows[b] + hk * a.row_hs[b] : a.k + b * a.ks[0] + hk * a.ks[1];
+  const float* vb = a.vrows ? a.vrows[b] + hk * a.row_hs[b] : a.v + b * a.vs[0] + hk * a.vs[1];
   for (int64_t t0 = 0; t0 < kmax; t0 += kKeyTile) {
     const int64_t kn = std::min(kKeyTile, kmax - t0);
     K::scores(Qs, R, D, kb + t0 * a.ks[2], a.ks[2], kn, Sb, Kt);
@@ -573,6 +578,119 @@ bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
 std::vector<mx::Shape> FlashAttention::output_shapes(const std::vector<mx::array>& inputs) {
   const auto& q = inputs[0];
   return {mx::Shape{q.shape(0), q.shape(2), q.shape(1), q.shape(3)}};
+}
+
+// ---- decode_attention_rows
+
+mx::array decode_attention_rows(const mx::array& q, const mx::array& k, const mx::array& v,
+                                             const std::vector<mx::array>& caches, const std::vector<int>& lengths,
+                                             float scale, mx::StreamOrDevice s) {
+  const std::string fa = "decode_attention_rows: ";
+  if (q.ndim() != 4 || q.shape(2) != 1) throw std::invalid_argument(fa + "q must be (B, H, 1, D), got " + shape_str(q));
+  const int B = q.shape(0), H = q.shape(1), D = q.shape(3);
+  if (k.ndim() != 4 || k.shape(0) != B || k.shape(2) != 1 || k.shape(3) != D || k.shape() != v.shape()) {
+    throw std::invalid_argument(fa + "k and v must be (B, H_kv, 1, D) matching q " + shape_str(q) + ", got " +
+                                shape_str(k) + " and " + shape_str(v));
+  }
+  const int Hkv = k.shape(1);
+  if (Hkv <= 0 || H % Hkv != 0) throw std::invalid_argument(fa + "query heads must be a multiple of kv heads");
+  for (const mx::array* a : {&q, &k, &v}) {
+    if (a->dtype() != mx::float32) throw std::invalid_argument(fa + "q, k, v must be float32");
+  }
+  if (static_cast<int>(caches.size()) != 2 * B || static_cast<int>(lengths.size()) != B) {
+    throw std::invalid_argument(fa + "need 2 cache buffers (keys, values) and one length per row: B = " +
+                                std::to_string(B) + ", got " + std::to_string(caches.size()) + " buffers and " +
+                                std::to_string(lengths.size()) + " lengths");
+  }
+  for (int b = 0; b < B; ++b) {
+    const mx::array &kc = caches[2 * b], &vc = caches[2 * b + 1];
+    if (kc.ndim() != 4 || kc.shape(0) != 1 || kc.shape(1) != Hkv || kc.shape(3) != D || kc.shape() != vc.shape() ||
+        kc.dtype() != mx::float32 || vc.dtype() != mx::float32) {
+      throw std::invalid_argument(fa + "row " + std::to_string(b) + ": cache buffers must be float32 (1, " +
+                                  std::to_string(Hkv) + ", capacity, " + std::to_string(D) + "), got " +
+                                  shape_str(kc) + " and " + shape_str(vc));
+    }
+    if (lengths[b] < 0 || lengths[b] >= kc.shape(2)) {
+      throw std::invalid_argument(fa + "row " + std::to_string(b) + ": length " + std::to_string(lengths[b]) +
+                                  " leaves no room for the new token in a buffer of " +
+                                  std::to_string(kc.shape(2)));
+    }
+  }
+  const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(q, false, st), mx::contiguous(k, false, st),
+                                   mx::contiguous(v, false, st)};
+  for (const auto& c : caches) inputs.push_back(c);  // as is: the kernel writes into these very buffers
+  mx::array out(mx::Shape{B, 1, H, D}, mx::float32, std::make_shared<DecodeAttentionRows>(st, scale, lengths),
+                std::move(inputs));
+  return mx::transpose(out, {0, 2, 1, 3}, st);  // (B, H, 1, D) view of the (B, 1, H, D) buffer
+}
+
+void DecodeAttentionRows::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  const mx::array &q = inputs[0], &k = inputs[1], &v = inputs[2];
+  const int64_t B = q.shape(0), H = q.shape(1), D = q.shape(3), Hkv = k.shape(1);
+  auto& enc = begin_eval(stream(), inputs, outputs[0]);
+  // The new token goes into the cache buffers themselves (positions lengths[b], past every length
+  // anything has read so far), like vLLM's cache writes: mlx cannot update buffers in place through a
+  // multi-output op (each output holds its own reference to every input, so none is ever donatable).
+  auto rows = std::make_shared<std::vector<float*>>(2 * B);
+  auto hs = std::make_shared<std::vector<int64_t>>(B);
+  std::vector<int32_t> kv_len(B);
+  for (int64_t i = 0; i < 2 * B; ++i) {
+    if (!inputs[3 + i].flags().row_contiguous) {
+      throw std::runtime_error("decode_attention_rows: cache buffer " + std::to_string(i) +
+                               " is not row-contiguous (pass the cache's own buffers)");
+    }
+    (*rows)[i % 2 == 0 ? i / 2 : B + i / 2] = const_cast<float*>(inputs[3 + i].data<float>());
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    (*hs)[b] = int64_t(inputs[3 + 2 * b].shape(2)) * D;
+    kv_len[b] = lengths_[b] + 1;
+  }
+  AttnArgs a{};
+  a.B = B;
+  a.H = H;
+  a.L = 1;
+  a.D = D;
+  a.Hkv = Hkv;
+  a.S = *std::max_element(kv_len.begin(), kv_len.end());
+  a.out = outputs[0].data<float>();
+  a.scale = scale_;
+  a.causal = true;
+  a.q = q.data<float>();
+  a.qs[0] = H * D;
+  a.qs[1] = D;
+  a.qs[2] = D;
+  a.ks[2] = a.vs[2] = D;
+  const float* kn = k.data<float>();
+  const float* vn = v.data<float>();
+  std::vector<int> lengths = lengths_;
+  enc.dispatch([a, rows, hs, kv_len = std::move(kv_len), kn, vn, lengths = std::move(lengths), B, Hkv, D]() mutable {
+    for (int64_t b = 0; b < B; ++b) {  // the new token's keys and values at position lengths[b]
+      for (int64_t h = 0; h < Hkv; ++h) {
+        const int64_t dst = h * (*hs)[b] + int64_t(lengths[b]) * D, src = (b * Hkv + h) * D;
+        std::memcpy((*rows)[b] + dst, kn + src, D * sizeof(float));
+        std::memcpy((*rows)[B + b] + dst, vn + src, D * sizeof(float));
+      }
+    }
+    a.krows = rows->data();
+    a.vrows = rows->data() + B;
+    a.row_hs = hs->data();
+    a.kv_len = kv_len.data();
+    flash_attention_f32(a);
+  });
+}
+
+void DecodeAttentionRows::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("TinyLLMDecodeAttentionRows has no GPU implementation; run it on the cpu stream");
+}
+
+bool DecodeAttentionRows::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const DecodeAttentionRows*>(&other);
+  return o != nullptr && o->scale_ == scale_ && o->lengths_ == lengths_;
+}
+
+std::vector<mx::Shape> DecodeAttentionRows::output_shapes(const std::vector<mx::array>& inputs) {
+  return {mx::Shape{inputs[0].shape(0), 1, inputs[0].shape(1), inputs[0].shape(3)}};
 }
 
 // ---- rms_norm

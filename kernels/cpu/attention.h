@@ -31,6 +31,16 @@ mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::arra
                           bool causal, const std::optional<mx::array>& kv_lengths,
                           mx::StreamOrDevice s = {});
 
+// One decode step of attention for B rows that each keep their own cache buffers (continuous batching):
+// row b's new key/value (k, v: (B, H_kv, 1, D)) are written at position lengths[b] of its buffers
+// caches[2b] (keys) and caches[2b + 1] (values), each float32 row-contiguous (1, H_kv, capacity_b, D) with
+// capacity_b > lengths[b] — IN PLACE, like a paged cache's writes: positions >= lengths[b] of those buffers
+// must not be read by anything else pending. Then q[b] (q: (B, H, 1, D)) attends over the row's first
+// lengths[b] + 1 keys. Returns out (B, H, 1, D). No padding, no concatenation, one op per layer.
+mx::array decode_attention_rows(const mx::array& q, const mx::array& k, const mx::array& v,
+                                const std::vector<mx::array>& caches, const std::vector<int>& lengths, float scale,
+                                mx::StreamOrDevice s = {});
+
 // x / sqrt(mean(x^2) + eps) * w over the last axis. x: (M, D), w: (D,) float32 -> (M, D).
 mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::StreamOrDevice s = {});
 
@@ -72,6 +82,21 @@ class FlashAttention : public mx::Primitive {
   float scale_;
   bool causal_;
   bool has_lengths_;
+};
+
+class DecodeAttentionRows : public mx::Primitive {
+ public:
+  DecodeAttentionRows(mx::Stream stream, float scale, std::vector<int> lengths)
+      : mx::Primitive(stream), scale_(scale), lengths_(std::move(lengths)) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  const char* name() const override { return "TinyLLMDecodeAttentionRows"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+
+ private:
+  float scale_;
+  std::vector<int> lengths_;
 };
 
 class RMSNorm : public mx::Primitive {

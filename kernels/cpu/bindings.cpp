@@ -52,6 +52,17 @@ NB_MODULE(_ext, m) {
       "sits at position kv_lengths[b] - L + i and sees keys j < kv_lengths[b] (j <= position if causal).\n"
       "A query that sees no key gets zeros. Returns (B, H, L, D) (a view of a (B, L, H, D) buffer).");
   m.def(
+      "decode_attention_rows",
+      [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v,
+         const std::vector<mlx::core::array>& caches, const std::vector<int>& lengths, float scale) {
+        return tiny_llm::decode_attention_rows(q, k, v, caches, lengths, scale);
+      },
+      "q"_a, "k"_a, "v"_a, "caches"_a, "lengths"_a, "scale"_a,
+      "One decode step for B rows with their own cache buffers: row b's k, v (B, H_kv, 1, D) are written IN\n"
+      "PLACE at position lengths[b] of caches[2b] (keys) / caches[2b + 1] (values), each (1, H_kv, capacity,\n"
+      "D) float32 row-contiguous, and q[b] (B, H, 1, D) attends over its first lengths[b] + 1 keys.\n"
+      "Returns out (B, H, 1, D).");
+  m.def(
       "rms_norm",
       [](const mlx::core::array& x, const mlx::core::array& w, float eps) { return tiny_llm::rms_norm(x, w, eps); },
       "x"_a, "w"_a, "eps"_a, "x / sqrt(mean(x^2) + eps) * w. x: (M, D), w: (D,) float32 -> (M, D).");

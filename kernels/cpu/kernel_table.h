@@ -52,6 +52,20 @@ struct QGemvArgs {
   const int8_t* xq2 = nullptr;
 };
 
+// Arguments of the int8 GEMM (Q8_0 / Q5_0 weights, x rounded to Q8_0 blocks; qgemm_vnni.inc).
+struct QGemmArgs {
+  QFormat f;               // Q8_0 or Q5_0
+  const uint8_t* q;        // as in QGemvArgs
+  const uint16_t* scales;  // fp16 bits, (N, K/32)
+  const uint32_t* qh;      // Q5_0: fifth bits, (N, K/32); else null
+  const float* b;          // (N,) or null
+  float* y;                // (M, N)
+  int64_t M, N, K;
+  const uint8_t* xa;       // (M, K): Q8_0: xq + 128 as unsigned bytes; Q5_0: xq (signed bytes)
+  const float* dx;         // (M, K/32) scales of x's blocks
+  const int32_t* xcorr;    // Q5_0: -16 * (block sums of xq), (M, K/32); else null
+};
+
 struct KernelTable {
   const char* name;
   int mr_big, mr_small, nr_small;
@@ -69,6 +83,12 @@ struct KernelTable {
   // Dequantize weight rows [r0, r1) into dst ((r1 - r0), K) float32; AFFINE4 rows come out in the
   // permuted order (per group: 32 even k, then 32 odd k), matching the permuted x.
   void (*dequant_rows)(QFormat f, const QGemvArgs& a, int64_t r0, int64_t r1, float* dst);
+  // Int8 GEMM, all rows of x, weight rows [n_begin, n_end) (n_begin a multiple of 16); null where the
+  // ISA has none (then the GEMV and the dequantize + float GEMM paths serve every M).
+  void (*q_gemm)(const QGemmArgs& a, int64_t n_begin, int64_t n_end);
+  // x's rows [m0, m1) rounded to Q8_0 blocks in q_gemm's layout (QGemmArgs::xa, dx, xcorr); null with q_gemm.
+  void (*q_gemm_prepare_x)(QFormat f, const float* x, int64_t K, int64_t m0, int64_t m1, uint8_t* xa, float* dx,
+                           int32_t* xcorr);
 };
 
 // The kernels of the ISA in use (best supported, or the one forced by set_isa).

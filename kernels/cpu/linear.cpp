@@ -100,9 +100,10 @@ struct Ops {
 };
 #include "linear_kernels.inc"
 #include "quant_kernels.inc"
+#include "qgemm_vnni.inc"
 static const KernelTable table = {"avx512",  MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  q5_gemv_task, dequant_rows};
+                                  q5_gemv_task, dequant_rows, qgemm_task, qgemm_prepare_x};
 #undef TL_ATTR
 }  // namespace isa_avx512
 #if defined(__GNUC__) && !defined(__clang__)
@@ -176,7 +177,7 @@ struct Ops {
 #include "quant_kernels.inc"
 static const KernelTable table = {"avx2",    MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  q5_gemv_task, dequant_rows};
+                                  q5_gemv_task, dequant_rows, nullptr, nullptr};
 #undef TL_ATTR
 }  // namespace isa_avx2
 #endif  // TL_X86
@@ -298,7 +299,7 @@ struct Ops {
 #include "quant_kernels.inc"
 static const KernelTable table = {"generic", MR_BIG,     MR_SMALL,   Ops::NR_SMALL, pack_task,
                                   gemm_task, skinny_task, gemm_cols, q8_gemv_task,  a4_gemv_task,
-                                  q5_gemv_task, dequant_rows};
+                                  q5_gemv_task, dequant_rows, nullptr, nullptr};
 #undef TL_ATTR
 }  // namespace isa_generic
 

@@ -33,6 +33,15 @@ static int64_t qgemv_max_rows() {
   }();
   return v;
 }
+// Int8 GEMM (where the ISA has one: AVX-512 VNNI) from this many rows of x (env TINY_LLM_QGEMM_ROWS;
+// 0 turns it off, leaving the GEMV + dequantize/float GEMM paths).
+static int64_t qgemm_min_rows() {
+  static const int64_t v = [] {
+    const char* env = std::getenv("TINY_LLM_QGEMM_ROWS");
+    return env ? std::max<int64_t>(0, std::atoll(env)) : int64_t{3};
+  }();
+  return v;
+}
 static constexpr double kQMinParallelFlops = 2.0e5;
 
 // Q8_0 activations, as ggml's quantize_row_q8_0 (but scales kept in float32): per block of 32,
@@ -63,6 +72,47 @@ static int64_t row_bytes(QFormat f, int64_t K) {
   if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
   if (f == QFormat::Q5_0) return K / 2 + 6 * (K / kQ8Block);
   return K / 2 + 4 * (K / kA4Group);
+}
+
+// The int8 GEMM path: round x to Q8_0 blocks, lay it out for vpdpbusd (see qgemm_vnni.inc), then tasks
+// over ranges of 16-row weight panels.
+static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float* x, const uint8_t* q,
+                  const uint16_t* scales, const uint32_t* qh, const float* b, float* y, int64_t M, int64_t N,
+                  int64_t K, int max_threads) {
+  const int64_t nb = K / kQ8Block;
+  thread_local std::vector<uint8_t> xa_buf;
+  thread_local std::vector<float> dx_buf;
+  thread_local std::vector<int32_t> xc_buf;
+  if (static_cast<int64_t>(xa_buf.size()) < M * K) xa_buf.resize(M * K);
+  if (static_cast<int64_t>(dx_buf.size()) < M * nb) dx_buf.resize(M * nb);
+  const bool q5 = f == QFormat::Q5_0;
+  if (q5 && static_cast<int64_t>(xc_buf.size()) < M * nb) xc_buf.resize(M * nb);
+  QGemmArgs a{f, q, scales, qh, b, y, M, N, K, xa_buf.data(), dx_buf.data(), q5 ? xc_buf.data() : nullptr};
+  {  // x's rows in chunks of 16 (a few MB at prefill sizes: worth both cores)
+    const int64_t chunk = 16, n_chunks = (M + chunk - 1) / chunk;
+    uint8_t* xa = xa_buf.data();
+    float* dx = dx_buf.data();
+    int32_t* xc = a.xcorr ? xc_buf.data() : nullptr;
+    pool.parallel_for(
+        n_chunks,
+        [&](int64_t c) { t.q_gemm_prepare_x(f, x, K, c * chunk, std::min(M, (c + 1) * chunk), xa, dx, xc); },
+        M * K < 16384 ? 1 : max_threads);
+  }
+  // Tasks of whole 16-row panels: at most ~256 KB of packed panels each (they stay in L2 while x's row
+  // tiles sweep them), and at least 4 tasks per thread where N allows.
+  const int64_t threads = max_threads == 1 ? 1 : pool.size();
+  const int64_t panels = (N + 15) / 16;
+  const int64_t panel_bytes = nb * (512 + 128);
+  int64_t per_task = std::max<int64_t>(1, (256 * 1024) / panel_bytes);
+  per_task = std::max<int64_t>(1, std::min(per_task, (panels + 4 * threads - 1) / (4 * threads)));
+  const int64_t n_tasks = (panels + per_task - 1) / per_task;
+  pool.parallel_for(
+      n_tasks,
+      [&](int64_t task) {
+        const int64_t n0 = task * per_task * 16;
+        t.q_gemm(a, n0, std::min(N, n0 + per_task * 16));
+      },
+      max_threads);
 }
 
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
@@ -102,8 +152,14 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
   }
   thread_local std::vector<int8_t> xq_buf;
   thread_local std::vector<float> dx_buf, xs_buf, xr_buf;
-  const bool gemv = M < qgemv_max_rows();
-  if (f == QFormat::Q8_0 || f == QFormat::Q5_0) {
+  const bool int8 = f == QFormat::Q8_0 || f == QFormat::Q5_0;
+  const bool i8gemm = int8 && t.q_gemm != nullptr && qgemm_min_rows() > 0 && M >= qgemm_min_rows();
+  const bool gemv = !i8gemm && M < qgemv_max_rows();
+  if (i8gemm) {
+    qgemm(t, pool, f, x, q, scales, qh, b, y, M, N, K, max_threads);
+    return;
+  }
+  if (int8) {
     const int64_t nb = M * (K / kQ8Block);
     if (static_cast<int64_t>(xq_buf.size()) < M * K) xq_buf.resize(M * K);
     if (static_cast<int64_t>(dx_buf.size()) < nb) dx_buf.resize(nb);
