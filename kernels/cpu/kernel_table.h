@@ -61,9 +61,9 @@ struct QGemmArgs {
   const float* b;          // (N,) or null
   float* y;                // (M, N)
   int64_t M, N, K;
-  const uint8_t* xa;       // (M, K): Q8_0: xq + 128 as unsigned bytes; Q5_0: xq (signed bytes)
+  const int8_t* xa;        // (M, K) x rounded to int8 per block of 32
   const float* dx;         // (M, K/32) scales of x's blocks
-  const int32_t* xcorr;    // Q5_0: -16 * (block sums of xq), (M, K/32); else null
+  const int32_t* xcorr;    // (M, K/32): -128 (Q8_0) or -16 (Q5_0) times the block sums of xa
 };
 
 struct KernelTable {
@@ -87,7 +87,7 @@ struct KernelTable {
   // ISA has none (then the GEMV and the dequantize + float GEMM paths serve every M).
   void (*q_gemm)(const QGemmArgs& a, int64_t n_begin, int64_t n_end);
   // x's rows [m0, m1) rounded to Q8_0 blocks in q_gemm's layout (QGemmArgs::xa, dx, xcorr); null with q_gemm.
-  void (*q_gemm_prepare_x)(QFormat f, const float* x, int64_t K, int64_t m0, int64_t m1, uint8_t* xa, float* dx,
+  void (*q_gemm_prepare_x)(QFormat f, const float* x, int64_t K, int64_t m0, int64_t m1, int8_t* xa, float* dx,
                            int32_t* xcorr);
 };
 

@@ -80,19 +80,18 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
                   const uint16_t* scales, const uint32_t* qh, const float* b, float* y, int64_t M, int64_t N,
                   int64_t K, int max_threads) {
   const int64_t nb = K / kQ8Block;
-  thread_local std::vector<uint8_t> xa_buf;
+  thread_local std::vector<int8_t> xa_buf;
   thread_local std::vector<float> dx_buf;
   thread_local std::vector<int32_t> xc_buf;
   if (static_cast<int64_t>(xa_buf.size()) < M * K) xa_buf.resize(M * K);
   if (static_cast<int64_t>(dx_buf.size()) < M * nb) dx_buf.resize(M * nb);
-  const bool q5 = f == QFormat::Q5_0;
-  if (q5 && static_cast<int64_t>(xc_buf.size()) < M * nb) xc_buf.resize(M * nb);
-  QGemmArgs a{f, q, scales, qh, b, y, M, N, K, xa_buf.data(), dx_buf.data(), q5 ? xc_buf.data() : nullptr};
+  if (static_cast<int64_t>(xc_buf.size()) < M * nb) xc_buf.resize(M * nb);
+  QGemmArgs a{f, q, scales, qh, b, y, M, N, K, xa_buf.data(), dx_buf.data(), xc_buf.data()};
   {  // x's rows in chunks of 16 (a few MB at prefill sizes: worth both cores)
     const int64_t chunk = 16, n_chunks = (M + chunk - 1) / chunk;
-    uint8_t* xa = xa_buf.data();
+    int8_t* xa = xa_buf.data();
     float* dx = dx_buf.data();
-    int32_t* xc = a.xcorr ? xc_buf.data() : nullptr;
+    int32_t* xc = xc_buf.data();
     pool.parallel_for(
         n_chunks,
         [&](int64_t c) { t.q_gemm_prepare_x(f, x, K, c * chunk, std::min(M, (c + 1) * chunk), xa, dx, xc); },
@@ -102,7 +101,7 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
   // tiles sweep them), and at least 4 tasks per thread where N allows.
   const int64_t threads = max_threads == 1 ? 1 : pool.size();
   const int64_t panels = (N + 15) / 16;
-  const int64_t panel_bytes = nb * (512 + 128);
+  const int64_t panel_bytes = nb * (512 + 64);
   int64_t per_task = std::max<int64_t>(1, (256 * 1024) / panel_bytes);
   per_task = std::max<int64_t>(1, std::min(per_task, (panels + 4 * threads - 1) / (4 * threads)));
   const int64_t n_tasks = (panels + per_task - 1) / per_task;
