@@ -83,6 +83,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.sum(np.exp(x)))
 
 
+def logsumexp(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))) of a 1-D array, exp in the array's own precision and the sum in float64: the
+    raw log-probability of token i is logits[i] - logsumexp(logits), with no (V,) float64 copy."""
+    m = np.max(logits)
+    if not np.isfinite(m):
+        return float(m)
+    return float(m) + math.log(float(np.sum(np.exp(logits - m), dtype=np.float64)))
+
+
 def apply_repetition_penalty(logits: np.ndarray, tokens: Iterable[int], penalty: float) -> np.ndarray:
     """CTRL-style penalty on every token already seen: positive logits / penalty, negative * penalty."""
     ids = np.unique(np.fromiter(tokens, dtype=np.int64))
@@ -166,14 +175,15 @@ def top_indices(values: np.ndarray, n: int, block: int = 256) -> np.ndarray:
 
 def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[int] = ()) -> Distribution:
     """The filtered, renormalized distribution the draw uses.  logits: (V,) for one position."""
-    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    logits = np.asarray(logits).reshape(-1)
     if params.repetition_penalty != 1.0:
         hist = list(history)
         if params.repetition_context:
             hist = hist[-params.repetition_context :]
-        logits = apply_repetition_penalty(logits, hist, params.repetition_penalty)
-    if params.greedy:
+        logits = apply_repetition_penalty(logits.astype(np.float64), hist, params.repetition_penalty)
+    if params.greedy:  # float32 -> float64 is exact, so the argmax needs no conversion
         return Distribution(np.array([int(np.argmax(logits))]), np.array([1.0]))
+    logits = logits.astype(np.float64, copy=False)
     # Most probable first (ties: lower id first). Top-k keeps a prefix of k, and every later filter sees
     # renormalized probabilities, so with top-k on only those k are sorted and normalized.
     order = descending_order(logits, params.top_k)
@@ -197,17 +207,21 @@ class Sampler:
         self.rng = np.random.default_rng(params.seed)
 
     def __call__(self, logits: np.ndarray, history: Iterable[int] = ()) -> SampleRecord:
-        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        logits = np.asarray(logits).reshape(-1)
+        if logits.dtype not in (np.float32, np.float64):
+            logits = logits.astype(np.float64)
         dist = distribution(logits, self.params, history)
         idx = 0 if dist.probs.size == 1 else int(self.rng.choice(dist.probs.size, p=dist.probs))
         token = int(dist.token_ids[idx])
-        raw = log_softmax(logits)
-        top = top_indices(raw, self.params.logprobs)
+        # Raw log-probabilities (unfiltered, temperature 1) of the drawn and the top tokens only: one
+        # logsumexp instead of a (V,) log-softmax (the logits' order is the log-probabilities' order).
+        lse = logsumexp(logits)
+        top = top_indices(logits, self.params.logprobs)
         return SampleRecord(
             token=token,
             prob=float(dist.probs[idx]),
-            logprob=float(raw[token]),
+            logprob=float(logits[token]) - lse,
             top_ids=tuple(int(i) for i in top),
-            top_logprobs=tuple(float(raw[i]) for i in top),
+            top_logprobs=tuple(float(logits[i]) - lse for i in top),
             kept=dist,
         )
