@@ -2,7 +2,7 @@
 
 No threads here: the runtime's engine thread (or a test, or a benchmark) drives it. One step =
 reap cancelled sequences -> schedule (pure policy) -> run the batched decode forward and the prefill
-chunks -> sample each row with its own sampler -> free the slots of whatever finished. A failure while
+chunks (chunks of one length batched together) -> sample each row with its own sampler -> free the slots of whatever finished. A failure while
 running or sampling one request finishes that request with an ErrorEvent and frees its slot; the other
 requests keep going. `step()` returns a frozen StepEvent saying what ran.
 """
@@ -95,15 +95,20 @@ class EngineCore:
                     self._fail(s, e)
             else:
                 new_tokens += sum(self._sample(s, row) for s, row in zip(plan.decode, logits, strict=True))
+        groups: dict[int, list[Sequence]] = {}  # chunks of one length run as one batched forward
         for s, n in plan.prefill:
+            groups.setdefault(n, []).append(s)
+        for n, seqs in groups.items():
             try:
-                row = self.runner.prefill(s, n)
+                rows = self.runner.prefill_batch(seqs, n)
             except Exception as e:
-                self._fail(s, e)
+                for s in seqs:
+                    self._fail(s, e)
                 continue
-            if row is not None:
-                s.status = Status.DECODING
-                new_tokens += self._sample(s, row)
+            for s, row in zip(seqs, rows, strict=True):
+                if row is not None:
+                    s.status = Status.DECODING
+                    new_tokens += self._sample(s, row)
         finished += [s for s in (*plan.decode, *(s for s, _ in plan.prefill)) if s.finished]
         ev = StepEvent(
             index=self._index,

@@ -4,8 +4,10 @@ The runner owns the K/V arrays behind each slot (a list of per-layer dense cache
 use and released when the slot is freed). Decode rows go through the model as one (B, 1) batch, so every
 linear layer runs one (B, K) x (K, N) matmul instead of B matrix-vector products: that is where batching
 pays (the weights are read once per step, not once per sequence). Attention stays per row through
-`BatchKVCache` (per-row RoPE offsets, per-row caches, a padding mask). Prefill chunks run as their own
-(1, chunk) forwards on the sequence's cache; only a prompt's last chunk computes logits.
+`BatchKVCache` (per-row RoPE offsets, per-row caches; one kernel call per layer for a decode step).
+Prefill chunks of the same length run together as one (B, chunk) forward (one (B x chunk)-row matmul per
+layer: the int8 GEMM is more efficient on more rows), others as their own (1, chunk) forwards; only a
+prompt's last chunk computes logits.
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ class ModelRunner:
         for s in seqs:
             s.num_cached += 1
         return np.array(logits[:, 0, :], dtype=np.float32)
+
+    def prefill_batch(self, seqs: list[Sequence], n: int) -> list[np.ndarray | None]:
+        """The next n prompt tokens of every sequence in one (B, n) forward; logits (V,) for each sequence
+        whose prompt this chunk completes, None for the others."""
+        if len(seqs) == 1:
+            return [self.prefill(seqs[0], n)]
+        ids = mx.array([s.prompt_ids[s.num_cached : s.num_cached + n] for s in seqs])  # (B, n)
+        per_seq = [self.cache(s.slot) for s in seqs]
+        cache = [BatchKVCache([c[i] for c in per_seq]) for i in range(len(per_seq[0]))]
+        last = [s.num_cached + n == len(s.prompt_ids) for s in seqs]
+        if any(last):
+            out = self.model(ids, cache, last_only=True)  # (B, 1, V)
+        else:
+            out = self.model.hidden_states(ids, cache)
+        mx.eval(out)
+        for s in seqs:
+            s.num_cached += n
+        rows = np.array(out[:, -1], dtype=np.float32) if any(last) else None
+        return [rows[b] if done else None for b, done in enumerate(last)]
 
     def prefill(self, seq: Sequence, n: int) -> np.ndarray | None:
         """Store the next n prompt tokens in the cache; the last chunk returns the logits (V,)."""

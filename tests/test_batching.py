@@ -85,6 +85,25 @@ def test_batched_greedy_equals_single_stream_token_for_token(tiny_lm, chunk):
         assert (fin.reason, fin.text) == (ref.reason, ref.text)
 
 
+def test_equal_chunks_prefill_together_and_match_single_stream(tiny_lm):
+    """Prompt chunks of one length run as one (B, chunk) forward over the rows' own caches (RoPE at each
+    row's offset, attention over each row's keys): greedy tokens must still equal single-stream ones."""
+    params = SamplingParams(temperature=0, max_tokens=6)
+    prompts = [" over the lazy dog and", " hello world, this is a", " jumps over the thin dog"]
+    ids = [tiny_lm.tokenizer.encode(p) for p in prompts]
+    n = min(len(i) for i in ids)
+    ids = [i[:n] for i in ids]  # same length, different tokens
+    core = EngineCore(tiny_lm.model, EngineConfig(max_batch=3, prefill_chunk=3, max_tokens_per_step=16))
+    rec = Recorder()
+    for rid, i in enumerate(ids):
+        core.add(rec.seq(tiny_lm, rid, i, params))
+    steps = core.run(max_steps=100)
+    assert any(len(s.prefill) >= 2 and len({c for _, c in s.prefill}) == 1 for s in steps), "no batched prefill"
+    for rid, i in enumerate(ids):
+        ref = list(generate(tiny_lm.model, tiny_lm.tokenizer, i, params))[-1]
+        assert rec.tokens(rid) == ref.token_ids, f"request {rid}"
+
+
 def test_ignore_eos_generates_through_eos_in_generate_and_in_batching(tiny_lm, monkeypatch):
     """Make the 3rd greedy token an EOS: it ends both paths early, unless the params say ignore_eos."""
     from dataclasses import replace
