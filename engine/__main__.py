@@ -64,7 +64,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("ops (float32 activations, the engine's default):")
     for op in kernels.OPS:
         backend = kernels.backend_for(op)
-        print(f"  {op:17s} {backend}{isa if backend == 'cpu' else ''}")
+        print(f"  {op:22s} {backend}{isa if backend == 'cpu' else ''}")
     return 0
 
 
