@@ -4,7 +4,8 @@ No threads here: the runtime's engine thread (or a test, or a benchmark) drives 
 reap cancelled sequences -> schedule (pure policy) -> run the batched decode forward and the prefill
 chunks (chunks of one length batched together) -> sample each row with its own sampler -> free the
 slots of whatever finished. A failure while running or sampling one request finishes that request with
-an ErrorEvent and frees its slot (a failed batched prefill fails its rows); the other requests keep going. `step()` returns a frozen StepEvent saying what ran.
+an ErrorEvent and frees its slot (a failed batched prefill fails its rows); the other requests keep
+going. `step()` returns a frozen StepEvent saying what ran.
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def test_two_sessions_generating_at_once_both_finish_and_show_as_rows(browser, s
 def test_class_demo_adds_requests_that_appear(page):
     _open(page, "KV cache & batching")
     _set_slider(page, "Demo requests", "6")
-    _set_slider(page, "Max tokens each", "32")
+    # Long enough to still be running when it is cancelled below (6 x 32 tokens now finish in ~2 s).
+    _set_slider(page, "Max tokens each", "256")
     page.click("#demo-start")
     page.wait_for_function("() => (document.querySelector('#demo-status')?.innerText || '').includes('Started 6')",
                            timeout=60_000)  # fmt: skip
