@@ -168,6 +168,31 @@ def test_batch_cache_decode_equals_per_row_decode(tiny_lm):
     assert [c[0].offset for c in caches] == [len(ids) for ids in prompts]
 
 
+def test_batched_decode_steps_across_cache_growth_equal_single_rows(tiny_lm):
+    """Several batched decode steps (the fast path writes each row's token into its own buffer) while the
+    rows' buffers grow (step 3: a row crosses a capacity boundary every few tokens) give the same logits
+    as decoding each row alone, and the rows' stored keys stay those of the single-row caches."""
+    from engine.cache import DenseKVCache
+
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    layers = model.args.num_hidden_layers
+    prompts = [tok.encode(p) for p in (PROMPTS[0], PROMPTS[2], PROMPTS[5])]
+    batched = [[DenseKVCache(step=3) for _ in range(layers)] for _ in prompts]
+    alone = [[DenseKVCache(step=3) for _ in range(layers)] for _ in prompts]
+    for ids, b, a in zip(prompts, batched, alone, strict=True):
+        mx.eval(model(mx.array([ids]), b), model(mx.array([ids]), a))
+    nxt = [ids[-1] for ids in prompts]
+    for step in range(7):
+        cache = [BatchKVCache([c[i] for c in batched]) for i in range(layers)]
+        logits = model(mx.array([[t] for t in nxt]), cache)[:, -1]  # (B, V)
+        single = [model(mx.array([[t]]), a)[0, -1] for t, a in zip(nxt, alone, strict=True)]
+        assert_allclose(logits, mx.stack(single), 1e-5, 1e-5, f"step {step}")
+        nxt = [int(i) for i in mx.argmax(logits, axis=-1).tolist()]
+    for b, a in zip(batched, alone, strict=True):
+        assert b[0].offset == a[0].offset
+        assert_allclose(b[0].keys[:, :, : b[0].offset], a[0].keys[:, :, : a[0].offset], 1e-5, 1e-5, "stored keys")
+
+
 def _copy(c):
     from engine.cache import DenseKVCache
 
