@@ -209,3 +209,32 @@ def test_top_indices_is_a_stable_descending_sort_prefix(ints, n, block, use_floa
         values = values + np.random.default_rng(len(ints)).standard_normal(values.size)
     want = np.argsort(-values, kind="stable")[:n]
     np.testing.assert_array_equal(top_indices(values, n, block=block), want)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"temperature": 0.7},
+        {"temperature": 1.0, "top_p": 0.9},
+        {"temperature": 1.3, "min_p": 0.05},
+        {"temperature": 0.8, "top_p": 0.95, "min_p": 0.02},
+        {"temperature": 2.0, "top_p": 0.5},
+    ],
+)
+def test_large_vocab_draw_equals_full_distribution_draw(kw):
+    """On a 152k vocabulary without top-k the sampler looks at the 256 most probable tokens first and
+    sorts everything only when the draw (or the top-p / min-p cut) lies past them. Either way the token and
+    its probability must be those of distribution() + rng.choice with the same seed: peaked rows (the
+    prefix decides) and flat rows (it falls back) both."""
+    rng = np.random.default_rng(len(kw))
+    for trial in range(16):
+        x = (rng.standard_normal(151936) * rng.uniform(1, 6)).astype(np.float32)
+        if trial % 2 == 0:
+            x[rng.integers(0, x.size, 40)] += 10.0  # peaked: a few tokens hold most of the mass
+        params = SamplingParams(seed=trial, **kw)
+        got = Sampler(params)(x)
+        d = distribution(x, params)
+        idx = 0 if d.probs.size == 1 else int(np.random.default_rng(trial).choice(d.probs.size, p=d.probs))
+        assert got.token == int(d.token_ids[idx]), (kw, trial)
+        assert got.prob == pytest.approx(float(d.probs[idx]), rel=1e-9, abs=1e-12)
+        assert got.kept.token_ids[0] == d.token_ids[0]
