@@ -64,6 +64,14 @@ class DenseKVCache(KVCache):
         self.keys: mx.array | None = None  # (B, H_kv, capacity, D)
         self.values: mx.array | None = None
         self.offset = 0
+        # The output of the last decode_attention op that wrote into the buffers in place (None once
+        # anything else has been ordered after it): later readers and writers must run after it.
+        self.writer: mx.array | None = None
+
+    def _after_writer(self) -> None:
+        if self.writer is not None:
+            self.keys, self.values = mx.depends([self.keys, self.values], [self.writer])
+            self.writer = None
 
     def reserve(self, keys: mx.array, values: mx.array) -> None:
         """Make room for these keys/values (B, H_kv, L, D) after the stored tokens."""
@@ -71,6 +79,7 @@ class DenseKVCache(KVCache):
         prev = self.offset
         capacity = 0 if self.keys is None else self.keys.shape[2]
         if prev + L > capacity:
+            self._after_writer()  # the copy below reads the buffers
             # Grow to the next multiple of `step` that fits, copying what we have.
             new_cap = ((prev + L + self.step - 1) // self.step) * self.step
             k_new = mx.zeros((B, H, new_cap, D), dtype=keys.dtype)
@@ -84,10 +93,22 @@ class DenseKVCache(KVCache):
         L = keys.shape[2]
         prev = self.offset
         self.reserve(keys, values)
+        self._after_writer()
         self.keys[:, :, prev : prev + L, :] = keys
         self.values[:, :, prev : prev + L, :] = values
         self.offset = prev + L
         return self.keys[:, :, : self.offset, :], self.values[:, :, : self.offset, :]
+
+    @property
+    def fused_decode(self) -> bool:
+        """Whether `decode_attention` can serve a one-token step: a started cache of one row."""
+        return self.keys is not None and self.keys.shape[0] == 1
+
+    def decode_attention(self, q: mx.array, k: mx.array, v: mx.array, *, scale: float, backend: str | None) -> mx.array:
+        """One new token: store k/v (1, H_kv, 1, D) and attend q (1, H, 1, D) over every stored key in one
+        kernel call (kernels.decode_attention_rows with one row), instead of two slice updates, two slices
+        and the attention op. Returns (1, H, 1, D)."""
+        return BatchKVCache([self]).decode_attention(q, k, v, scale=scale, backend=backend)
 
     @property
     def can_rewind(self) -> bool:
@@ -99,7 +120,7 @@ class DenseKVCache(KVCache):
         self.offset -= n
 
     def release(self) -> None:
-        self.keys = self.values = None
+        self.keys = self.values = self.writer = None
         self.offset = 0
 
     @property
@@ -163,11 +184,13 @@ class BatchKVCache(KVCache):
         for b, c in enumerate(self.rows):
             c.reserve(k[b : b + 1], v[b : b + 1])
         lengths = [c.offset for c in self.rows]
+        after = list({id(c.writer): c.writer for c in self.rows if c.writer is not None}.values())
         out, bufs = kernels.decode_attention_rows(
-            q, k, v, [(c.keys, c.values) for c in self.rows], lengths, scale=scale, backend=backend
+            q, k, v, [(c.keys, c.values) for c in self.rows], lengths, scale=scale, backend=backend, after=after
         )
         for c, (kb, vb) in zip(self.rows, bufs, strict=True):
-            c.keys, c.values = kb, vb  # the cpu kernel wrote in place and returns the same arrays
+            c.keys, c.values = kb, vb
+            c.writer = out  # the writes into the buffers are not graph edges: order later users after `out`
             c.offset += 1
         self._offsets = [n + 1 for n in lengths]
         return out

@@ -16,6 +16,8 @@ Rules it keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import logging
 import math
 import warnings
@@ -316,6 +318,7 @@ def decode_attention_rows(
     *,
     scale: float | None = None,
     backend: str | None = None,
+    after: Sequence[mx.array] = (),
 ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
     """One decode step of a continuous batch whose rows keep their own cache buffers.
 
@@ -325,8 +328,11 @@ def decode_attention_rows(
     Returns (out (B, H, 1, D), the updated (keys, values) per row); callers replace their buffers with
     these. The cpu kernel writes the new token into the given buffers IN PLACE (as a paged cache's writes
     do: mlx cannot donate buffers through one op for many rows) and returns the same arrays, so nothing
-    pending may read positions >= lengths[b] of them; a step then costs one op per layer instead of
-    padding and concatenating every row's cache. The ref backend returns new arrays.
+    pending may read positions >= lengths[b] of them. Those writes are not edges of the graph: `after`
+    lists arrays the op must run after (the `out` of the steps that wrote these buffers before, when
+    steps are built lazily one after another), and whatever reads the buffers later must depend on this
+    `out` (`mx.depends`). A step then costs one op per layer instead of padding and concatenating every
+    row's cache. The ref backend returns new arrays (and ignores `after`).
     Raises ValueError on bad shapes/dtypes/lengths/backends, RuntimeError if the backend can't run.
     """
     if not all(isinstance(a, mx.array) for a in (q, k, v)):
@@ -353,7 +359,9 @@ def decode_attention_rows(
     backend = _pick("decode_attention_rows", backend, all(a.dtype == mx.float32 for a in arrays))
     if backend == "ref":
         return ref.decode_attention_rows(q, k, v, rows, [int(n) for n in lengths], scale)
-    out = _cpu.load().decode_attention_rows(q, k, v, [a for r in rows for a in r], [int(n) for n in lengths], scale)
+    out = _cpu.load().decode_attention_rows(
+        q, k, v, [a for r in rows for a in r], [int(n) for n in lengths], scale, list(after)
+    )
     return out, [(kc, vc) for kc, vc in rows]
 
 

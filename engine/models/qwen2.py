@@ -101,7 +101,8 @@ class Attention:
             q = kernels.rope(q, self.rope.inv_freq, offset, backend=be)  # (B, H, L, D)
             k = kernels.rope(k, self.rope.inv_freq, offset, backend=be)  # (B, H_kv, L, D)
         if be != "ref" and L == 1 and getattr(cache, "fused_decode", False):
-            # A continuous batch's decode step: store and attend per row in one kernel (no padding).
+            # A decode step (one row, or a continuous batch's rows): store and attend per row in one kernel
+            # (no padding, no separate cache ops).
             out = cache.decode_attention(q, k, v, scale=self.scale, backend=be)
             out = out.transpose(0, 2, 1, 3).reshape(B, L, self.n_heads * self.head_dim)
             return linear(out, w["o_proj.weight"], None, be)

@@ -583,8 +583,8 @@ std::vector<mx::Shape> FlashAttention::output_shapes(const std::vector<mx::array
 // ---- decode_attention_rows
 
 mx::array decode_attention_rows(const mx::array& q, const mx::array& k, const mx::array& v,
-                                             const std::vector<mx::array>& caches, const std::vector<int>& lengths,
-                                             float scale, mx::StreamOrDevice s) {
+                                const std::vector<mx::array>& caches, const std::vector<int>& lengths, float scale,
+                                const std::vector<mx::array>& after, mx::StreamOrDevice s) {
   const std::string fa = "decode_attention_rows: ";
   if (q.ndim() != 4 || q.shape(2) != 1) throw std::invalid_argument(fa + "q must be (B, H, 1, D), got " + shape_str(q));
   const int B = q.shape(0), H = q.shape(1), D = q.shape(3);
@@ -620,6 +620,9 @@ mx::array decode_attention_rows(const mx::array& q, const mx::array& k, const mx
   std::vector<mx::array> inputs = {mx::contiguous(q, false, st), mx::contiguous(k, false, st),
                                    mx::contiguous(v, false, st)};
   for (const auto& c : caches) inputs.push_back(c);  // as is: the kernel writes into these very buffers
+  // Not read: they order this op after the ops that wrote these buffers before (one output, so no
+  // per-row sibling arrays: handing the buffers back as outputs cost O(B^2) bookkeeping per layer).
+  for (const auto& a : after) inputs.push_back(a);
   mx::array out(mx::Shape{B, 1, H, D}, mx::float32, std::make_shared<DecodeAttentionRows>(st, scale, lengths),
                 std::move(inputs));
   return mx::transpose(out, {0, 2, 1, 3}, st);  // (B, H, 1, D) view of the (B, 1, H, D) buffer

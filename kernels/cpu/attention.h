@@ -36,10 +36,12 @@ mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::arra
 // caches[2b] (keys) and caches[2b + 1] (values), each float32 row-contiguous (1, H_kv, capacity_b, D) with
 // capacity_b > lengths[b] — IN PLACE, like a paged cache's writes: positions >= lengths[b] of those buffers
 // must not be read by anything else pending. Then q[b] (q: (B, H, 1, D)) attends over the row's first
-// lengths[b] + 1 keys. Returns out (B, H, 1, D). No padding, no concatenation, one op per layer.
+// lengths[b] + 1 keys. `after`: arrays this op must run after (the outputs of the ops that wrote these
+// buffers before: the writes are not edges of the graph); not read. Returns out (B, H, 1, D).
+// No padding, no concatenation, one op per layer.
 mx::array decode_attention_rows(const mx::array& q, const mx::array& k, const mx::array& v,
                                 const std::vector<mx::array>& caches, const std::vector<int>& lengths, float scale,
-                                mx::StreamOrDevice s = {});
+                                const std::vector<mx::array>& after = {}, mx::StreamOrDevice s = {});
 
 // x / sqrt(mean(x^2) + eps) * w over the last axis. x: (M, D), w: (D,) float32 -> (M, D).
 mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::StreamOrDevice s = {});

@@ -54,14 +54,15 @@ NB_MODULE(_ext, m) {
   m.def(
       "decode_attention_rows",
       [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v,
-         const std::vector<mlx::core::array>& caches, const std::vector<int>& lengths, float scale) {
-        return tiny_llm::decode_attention_rows(q, k, v, caches, lengths, scale);
+         const std::vector<mlx::core::array>& caches, const std::vector<int>& lengths, float scale,
+         const std::vector<mlx::core::array>& after) {
+        return tiny_llm::decode_attention_rows(q, k, v, caches, lengths, scale, after);
       },
-      "q"_a, "k"_a, "v"_a, "caches"_a, "lengths"_a, "scale"_a,
+      "q"_a, "k"_a, "v"_a, "caches"_a, "lengths"_a, "scale"_a, "after"_a = std::vector<mlx::core::array>{},
       "One decode step for B rows with their own cache buffers: row b's k, v (B, H_kv, 1, D) are written IN\n"
       "PLACE at position lengths[b] of caches[2b] (keys) / caches[2b + 1] (values), each (1, H_kv, capacity,\n"
       "D) float32 row-contiguous, and q[b] (B, H, 1, D) attends over its first lengths[b] + 1 keys.\n"
-      "Returns out (B, H, 1, D).");
+      "after: arrays to run after (earlier writers of these buffers); not read. Returns out (B, H, 1, D).");
   m.def(
       "rms_norm",
       [](const mlx::core::array& x, const mlx::core::array& w, float eps) { return tiny_llm::rms_norm(x, w, eps); },
