@@ -16,11 +16,10 @@ Rules it keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 
 import mlx.core as mx
 
