@@ -193,6 +193,31 @@ def test_batched_decode_steps_across_cache_growth_equal_single_rows(tiny_lm):
         assert_allclose(b[0].keys[:, :, : b[0].offset], a[0].keys[:, :, : a[0].offset], 1e-5, 1e-5, "stored keys")
 
 
+def test_lazily_chained_decode_steps_and_chunks_see_each_others_writes(tiny_lm):
+    """The decode op writes the cache in place; its writes are ordered by hand (`after`, mx.depends). A
+    graph of decode steps followed by a multi-token chunk, all built before one eval, must give the same
+    logits as evaluating every step as it is built."""
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    ids = tok.encode(PROMPTS[5])
+    prompt, steps, chunk = ids[:4], ids[4:7], ids[7:10]
+
+    def run(eager: bool) -> list[mx.array]:
+        cache = model.make_cache()
+        mx.eval(model(mx.array([prompt]), cache))
+        outs = []
+        for t in steps:
+            outs.append(model(mx.array([[t]]), cache)[0, -1])
+            if eager:
+                mx.eval(outs[-1])
+        outs.append(model(mx.array([chunk]), cache)[0, -1])
+        outs.append(model(mx.array([[ids[-1]]]), cache)[0, -1])
+        mx.eval(outs)
+        return outs
+
+    for i, (lazy, eager) in enumerate(zip(run(False), run(True), strict=True)):
+        assert_allclose(lazy, eager, 1e-5, 1e-5, f"output {i}")
+
+
 def _copy(c):
     from engine.cache import DenseKVCache
 
