@@ -133,8 +133,9 @@ def test_two_sessions_generating_at_once_both_finish_and_show_as_rows(browser, s
         third = watcher_ctx.new_page()
         third.goto(server)
         third.wait_for_selector("#chat-input textarea", timeout=30_000)
-        _send(other, "Write a short story about a cache that forgets things.", "80")
-        _send(third, "Write a short story about a robot who sorts lists.", "80")
+        # Long replies (up to 400 tokens, ~10 s here), so both are surely running when the view polls.
+        _send(other, "Write a long story about a cache that forgets things.", "400")
+        _send(third, "Write a long story about a robot who sorts lists.", "400")
         # Both are running at once: the batching view (polling in `page`) shows two live chat rows.
         page.wait_for_function(
             "() => [...document.querySelectorAll('#batch-requests tr.live')].filter(r => r.innerText.includes('chat')).length >= 2",
