@@ -133,9 +133,14 @@ def test_two_sessions_generating_at_once_both_finish_and_show_as_rows(browser, s
         third = watcher_ctx.new_page()
         third.goto(server)
         third.wait_for_selector("#chat-input textarea", timeout=30_000)
-        # Long replies (up to 400 tokens, ~10 s here), so both are surely running when the view polls.
-        _send(other, "Write a long story about a cache that forgets things.", "400")
-        _send(third, "Write a long story about a robot who sorts lists.", "400")
+        # Both messages are typed first and sent back to back, so the replies (up to 120 tokens: both stay
+        # in the timeline's last 128 steps) run at the same time even when one ends early.
+        for pg, text in ((other, "Write a long story about a cache that forgets things."),
+                         (third, "Write a long story about a robot who sorts lists.")):  # fmt: skip
+            _set_slider(pg, "Max tokens", "120")
+            pg.fill("#chat-input textarea", text)
+        other.click("#chat-send")
+        third.click("#chat-send")
         # Both are running at once: the batching view (polling in `page`) shows two live chat rows.
         page.wait_for_function(
             "() => [...document.querySelectorAll('#batch-requests tr.live')].filter(r => r.innerText.includes('chat')).length >= 2",
