@@ -270,7 +270,9 @@ def test_page_stays_responsive_during_a_16_request_class_demo(browser, server, p
         other.goto(server)
         other.wait_for_selector("#chat-input textarea", timeout=30_000)
         other.evaluate(ARM_REPLY)
-        _send(other, "Say hello in five words.", "16")
+        # A greedy reply of a few dozen tokens (a 2-token one could end between two redraws of the view).
+        _set_slider(other, "Temperature", "0")
+        _send(other, "Count from one to twenty, in words.", "48")
         other.locator("#chat-stats .chat-stats-line").wait_for(timeout=REPLY_TIMEOUT_MS)
         other.wait_for_function("() => window.__done !== null", timeout=10_000)
         sent, first, done = other.evaluate("() => [window.__sent, window.__first, window.__done]")
