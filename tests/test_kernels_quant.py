@@ -257,7 +257,10 @@ def test_extension_validates_too():
 
 
 @pytest.mark.parametrize("fmt", ["q8_0", "q5_0"])
-@pytest.mark.parametrize(("M", "K", "N"), [(3, 64, 16), (8, 96, 17), (9, 896, 40), (16, 4864, 33), (37, 160, 50)])
+# K = 32: rows of a single block (the packing reads their scales one by one).
+@pytest.mark.parametrize(
+    ("M", "K", "N"), [(3, 64, 16), (8, 96, 17), (9, 896, 40), (16, 4864, 33), (37, 160, 50), (5, 32, 19)]
+)
 def test_many_rows_match_one_row_at_a_time(fmt, M, K, N):
     """Rows of x as one matmul (the int8 GEMM where the ISA has it, packed 16-row weight panels, x in
     tiles of 8) against each row on its own (the GEMV): both compute the same exact int32 block dot
