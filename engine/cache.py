@@ -92,8 +92,8 @@ class DenseKVCache(KVCache):
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         L = keys.shape[2]
         prev = self.offset
+        self._after_writer()  # the slice updates below read and write the buffers
         self.reserve(keys, values)
-        self._after_writer()
         self.keys[:, :, prev : prev + L, :] = keys
         self.values[:, :, prev : prev + L, :] = values
         self.offset = prev + L

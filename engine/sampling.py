@@ -205,6 +205,12 @@ def distribution(logits: np.ndarray, params: SamplingParams, history: Iterable[i
 _PREFIX = 256  # most probable tokens the fast draw looks at before it sorts the whole vocabulary
 
 
+def _choose(probs: np.ndarray, u: float) -> int:
+    """The index `rng.choice(len(probs), p=probs)` draws when its uniform number is u (numpy's rule)."""
+    cdf = np.cumsum(probs)
+    return int(np.searchsorted(cdf / cdf[-1], u, side="right"))
+
+
 def _prefix_draw(logits: np.ndarray, params: SamplingParams, u: float) -> tuple[int, float, Distribution] | None:
     """The draw `distribution()` + `rng.choice` would make with uniform number u, from the _PREFIX most
     probable tokens only, or None when the answer needs tokens past them (then the caller sorts all).
@@ -217,8 +223,8 @@ def _prefix_draw(logits: np.ndarray, params: SamplingParams, u: float) -> tuple[
     below its (renormalized) mass. Returns (token, its probability, the kept tokens looked at)."""
     order = top_indices(logits, _PREFIX)  # most probable first, ties in id order (as descending_order)
     x = logits.astype(np.float64)
-    z = (x - np.max(x)) / params.temperature
-    probs = np.exp(z[order]) / float(np.sum(np.exp(z)))  # (_PREFIX,) of the full distribution
+    e = np.exp((x - np.max(x)) / params.temperature)
+    probs = e[order] / float(np.sum(e))  # (_PREFIX,) of the full distribution
     cum = np.cumsum(probs)
     if params.top_p >= 1.0 and params.min_p <= 0.0:  # nothing filtered: the whole vocabulary is kept
         if u >= cum[-1] * (1 - 1e-9):  # the draw falls (or may fall) past the prefix
@@ -236,8 +242,7 @@ def _prefix_draw(logits: np.ndarray, params: SamplingParams, u: float) -> tuple[
             return None
         n = int(np.sum(keep))
     p = probs[:n] / probs[:n].sum()  # renormalized over the kept prefix, as distribution() does
-    cdf = np.cumsum(p)
-    idx = int(np.searchsorted(cdf / cdf[-1], u, side="right"))
+    idx = _choose(p, u)
     return int(order[idx]), float(p[idx]), Distribution(order[:n].astype(np.int64), p)
 
 
@@ -253,17 +258,14 @@ class Sampler:
         if logits.dtype not in (np.float32, np.float64):
             logits = logits.astype(np.float64)
         params = self.params
-        fast = None
         if not params.greedy and params.top_k == 0 and params.repetition_penalty == 1.0 and logits.size > 4 * _PREFIX:
             u = self.rng.random()  # what rng.choice would take (one double), used by either path below
-            fast = _prefix_draw(logits, params, u)
-            if fast is None:
+            drawn = _prefix_draw(logits, params, u)
+            if drawn is None:  # past the prefix: the whole sorted distribution, the same u
                 dist = distribution(logits, params, history)
-                cdf = np.cumsum(dist.probs)
-                idx = int(np.searchsorted(cdf / cdf[-1], u, side="right"))
-                fast = (int(dist.token_ids[idx]), float(dist.probs[idx]), dist)
-        if fast is not None:
-            token, prob, dist = fast
+                idx = _choose(dist.probs, u)
+                drawn = int(dist.token_ids[idx]), float(dist.probs[idx]), dist
+            token, prob, dist = drawn
         else:
             dist = distribution(logits, params, history)
             idx = 0 if dist.probs.size == 1 else int(self.rng.choice(dist.probs.size, p=dist.probs))
@@ -271,7 +273,7 @@ class Sampler:
         # Raw log-probabilities (unfiltered, temperature 1) of the drawn and the top tokens only: one
         # logsumexp instead of a (V,) log-softmax (the logits' order is the log-probabilities' order).
         lse = logsumexp(logits)
-        top = top_indices(logits, self.params.logprobs)
+        top = top_indices(logits, params.logprobs)
         return SampleRecord(
             token=token,
             prob=prob,

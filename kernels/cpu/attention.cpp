@@ -635,18 +635,18 @@ void DecodeAttentionRows::eval_cpu(const std::vector<mx::array>& inputs, std::ve
   // The new token goes into the cache buffers themselves (positions lengths[b], past every length
   // anything has read so far), like vLLM's cache writes: mlx cannot update buffers in place through a
   // multi-output op (each output holds its own reference to every input, so none is ever donatable).
-  auto rows = std::make_shared<std::vector<float*>>(2 * B);
-  auto hs = std::make_shared<std::vector<int64_t>>(B);
+  std::vector<float*> rows(2 * B);  // keys of rows 0..B-1, then their values
+  std::vector<int64_t> hs(B);        // floats per kv head in row b's buffers
   std::vector<int32_t> kv_len(B);
   for (int64_t i = 0; i < 2 * B; ++i) {
     if (!inputs[3 + i].flags().row_contiguous) {
       throw std::runtime_error("decode_attention_rows: cache buffer " + std::to_string(i) +
                                " is not row-contiguous (pass the cache's own buffers)");
     }
-    (*rows)[i % 2 == 0 ? i / 2 : B + i / 2] = const_cast<float*>(inputs[3 + i].data<float>());
+    rows[i % 2 == 0 ? i / 2 : B + i / 2] = const_cast<float*>(inputs[3 + i].data<float>());
   }
   for (int64_t b = 0; b < B; ++b) {
-    (*hs)[b] = int64_t(inputs[3 + 2 * b].shape(2)) * D;
+    hs[b] = int64_t(inputs[3 + 2 * b].shape(2)) * D;
     kv_len[b] = lengths_[b] + 1;
   }
   AttnArgs a{};
@@ -666,18 +666,18 @@ void DecodeAttentionRows::eval_cpu(const std::vector<mx::array>& inputs, std::ve
   a.ks[2] = a.vs[2] = D;
   const float* kn = k.data<float>();
   const float* vn = v.data<float>();
-  std::vector<int> lengths = lengths_;
-  enc.dispatch([a, rows, hs, kv_len = std::move(kv_len), kn, vn, lengths = std::move(lengths), B, Hkv, D]() mutable {
-    for (int64_t b = 0; b < B; ++b) {  // the new token's keys and values at position lengths[b]
+  enc.dispatch([a, rows = std::move(rows), hs = std::move(hs), kv_len = std::move(kv_len), kn, vn, B, Hkv,
+                D]() mutable {
+    for (int64_t b = 0; b < B; ++b) {  // the new token's keys and values at position kv_len[b] - 1
       for (int64_t h = 0; h < Hkv; ++h) {
-        const int64_t dst = h * (*hs)[b] + int64_t(lengths[b]) * D, src = (b * Hkv + h) * D;
-        std::memcpy((*rows)[b] + dst, kn + src, D * sizeof(float));
-        std::memcpy((*rows)[B + b] + dst, vn + src, D * sizeof(float));
+        const int64_t dst = h * hs[b] + int64_t(kv_len[b] - 1) * D, src = (b * Hkv + h) * D;
+        std::memcpy(rows[b] + dst, kn + src, D * sizeof(float));
+        std::memcpy(rows[B + b] + dst, vn + src, D * sizeof(float));
       }
     }
-    a.krows = rows->data();
-    a.vrows = rows->data() + B;
-    a.row_hs = hs->data();
+    a.krows = rows.data();
+    a.vrows = rows.data() + B;
+    a.row_hs = hs.data();
     a.kv_len = kv_len.data();
     flash_attention_f32(a);
   });

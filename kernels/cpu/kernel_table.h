@@ -33,6 +33,13 @@ enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1, Q5_0 = 2 };
 constexpr int64_t kQ8Block = 32;
 constexpr int64_t kA4Group = 64;
 
+// Bytes one weight row of K values takes in format f, every array of the format counted.
+inline int64_t packed_row_bytes(QFormat f, int64_t K) {
+  if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
+  if (f == QFormat::Q5_0) return K / 2 + 6 * (K / kQ8Block);
+  return K / 2 + 4 * (K / kA4Group);
+}
+
 // Arguments of the quantized GEMV kernels (M < 8: decode).
 struct QGemvArgs {
   const float* x;          // (M, K) (Q8_0 GEMM: already rounded to Q8_0 blocks); for AFFINE4 permuted per group: 32 even k, then 32 odd k

@@ -68,11 +68,6 @@ static void quantize_x_q8(const float* x, int64_t M, int64_t K, int8_t* xq, floa
   }
 }
 
-static int64_t row_bytes(QFormat f, int64_t K) {
-  if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
-  if (f == QFormat::Q5_0) return K / 2 + 6 * (K / kQ8Block);
-  return K / 2 + 4 * (K / kA4Group);
-}
 
 // The int8 GEMM path: round x to Q8_0 blocks, lay it out for vpdpbusd (see qgemm_vnni.inc), then tasks
 // over ranges of 16-row weight panels.
@@ -195,7 +190,7 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
   if (gemv) {
     auto kernel = f == QFormat::Q8_0 ? t.q8_gemv : f == QFormat::Q5_0 ? t.q5_gemv : t.a4_gemv;
     // Tasks of ~32 KB of packed weight rows (multiple of 4 rows), enough to balance the threads.
-    int64_t rows = std::max<int64_t>(4, (32 * 1024 / row_bytes(f, K)) / 4 * 4);
+    int64_t rows = std::max<int64_t>(4, (32 * 1024 / packed_row_bytes(f, K)) / 4 * 4);
     const int64_t balanced = ((N + 8 * threads - 1) / (8 * threads) + 3) / 4 * 4;
     rows = std::max<int64_t>(4, std::min(rows, balanced));
     const int64_t n_tasks = (N + rows - 1) / rows;
