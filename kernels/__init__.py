@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from . import cpu as _cpu
 from . import ref
-from .quant import BLOCK, FORMATS, QuantizedWeight, dequantize, quantize
+from .quant import BLOCK, FORMATS, PANEL, PANEL_ROWS, QuantizedWeight, dequantize, quantize, repack, unpack
 
 __all__ = [
     "BLOCK",
@@ -37,12 +37,16 @@ __all__ = [
     "decode_attention_rows",
     "dequantize",
     "flash_attention",
+    "for_backend",
     "linear",
+    "panel_kernels",
     "quantize",
     "quantized_linear",
+    "repack",
     "rms_norm",
     "rope",
     "swiglu",
+    "unpack",
 ]
 
 OPS: tuple[str, ...] = (
@@ -189,13 +193,37 @@ def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None
             raise ValueError(f"quantized_linear: b must be float32, got {b.dtype}")
 
 
+def panel_kernels() -> bool:
+    """True when the cpu backend can read the panel formats (q8_0x16, q5_0x16): the extension is built
+    and the active ISA has the int8 GEMM (AVX-512 VNNI)."""
+    ext = _cpu.load()
+    return ext is not None and bool(ext.panel_kernels())
+
+
+def for_backend(qw: QuantizedWeight, backend: str | None = None) -> QuantizedWeight:
+    """The layout `quantized_linear` reads fastest on `backend` (None = the default one): q8_0 / q5_0
+    repacked into 16-row panels (`repack`) where the cpu kernels read them and the shape allows
+    (N % 16 == 0, K % 64 == 0 for q5_0); anything else unchanged. Exact: the same blocks, reordered."""
+    if not isinstance(qw, QuantizedWeight) or qw.format not in ("q8_0", "q5_0"):
+        return qw
+    if (backend or backend_for("quantized_linear")) != "cpu" or not panel_kernels():
+        return qw
+    N, K = qw.shape
+    panel = qw.format + "x16"
+    if N % PANEL_ROWS or K % BLOCK[panel]:
+        return qw
+    return repack(qw)
+
+
 def quantized_linear(
     x: mx.array, qw: QuantizedWeight, b: mx.array | None = None, *, backend: str | None = None
 ) -> mx.array:
     """y = x @ dequantize(qw).T (+ b) without materialising the float weights (cpu backend).
 
-    x: (..., K) float32; qw: QuantizedWeight (N, K) in format "q8_0", "q5_0" or "affine4"
-    (kernels/quant.py; q8_0 and q5_0 round x to Q8_0 blocks first, in every backend);
+    x: (..., K) float32; qw: QuantizedWeight (N, K) in format "q8_0", "q5_0", "affine4" or a panel
+    format "q8_0x16" / "q5_0x16" (kernels/quant.py; `for_backend` picks the layout; the q8/q5 formats
+    round x to Q8_0 blocks first, in every backend; the cpu backend reads panel formats only where
+    `panel_kernels()`);
     b: (N,) float32 or None. Returns (..., N) float32. backend: None = fastest available,
     "ref" = dequantize with plain mx ops then matmul, "cpu" = the C++ extension.
     Raises ValueError on bad shapes/dtypes/formats/backend names, RuntimeError if the requested

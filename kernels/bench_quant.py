@@ -1,4 +1,5 @@
-"""Benchmark kernels.quantized_linear (q8_0, q5_0, affine4) against the float32 kernels.linear, cpu backend.
+"""Benchmark kernels.quantized_linear (q8_0, q5_0, their 16-row panel layouts q8_0x16 / q5_0x16 where the
+CPU has the kernels for them, affine4) against the float32 kernels.linear, cpu backend.
 
 Run: `python -m kernels.bench_quant [--reps N] [--quick]`.
 
@@ -20,7 +21,9 @@ import kernels
 from kernels import cpu as kcpu
 from kernels.bench_linear import LM_HEAD, PROJECTIONS, best_time
 
-FORMATS = ("q8_0", "q5_0", "affine4")
+def formats() -> tuple[str, ...]:
+    panels = ("q8_0x16", "q5_0x16") if kernels.panel_kernels() else ()
+    return ("q8_0", "q5_0", *panels, "affine4")
 
 
 def shapes(quick: bool) -> list[tuple[int, int, int]]:
@@ -39,7 +42,7 @@ def bench_shape(M: int, K: int, N: int, reps: int) -> str:
     line = f"{M:>4} {K:>5} {N:>6} |"
     t32 = best_time(lambda: mx.eval(kernels.linear(x, w, backend="cpu")), reps, 2.0)
     line += f" {t32 * 1e3:>8.3f} {4.0 * N * K / t32 / 1e9:>5.1f} {flops / t32 / 1e9:>6.1f} |"
-    for fmt in FORMATS:
+    for fmt in formats():
         qw = kernels.quantize(w, fmt)
         t = best_time(lambda qw=qw: mx.eval(kernels.quantized_linear(x, qw, backend="cpu")), reps, 2.0)
         line += f" {t * 1e3:>8.3f} {qw.nbytes / t / 1e9:>5.1f} {flops / t / 1e9:>6.1f} {t32 / t:>5.2f}x |"
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     head = f"{'ms':>8} {'GB/s':>5} {'GF/s':>6}"
     print(
         f"{'M':>4} {'K':>5} {'N':>6} | float32: {head} | "
-        + " | ".join(f"{fmt}: {head} {'vs f32':>6}" for fmt in FORMATS)
+        + " | ".join(f"{fmt}: {head} {'vs f32':>6}" for fmt in formats())
     )
     for M, K, N in shapes(args.quick):
         print(bench_shape(M, K, N, args.reps), flush=True)

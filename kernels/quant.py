@@ -14,6 +14,22 @@ Formats (w is a float matrix (N, K), the PyTorch/HF (out, in) layout):
   "affine4"  MLX's `mx.quantize(w, group_size=64, bits=4)` layout: per group of 64 along K,
              w ≈ scale * q + bias with q in [0, 15]; q packed 8 per uint32 (value i of a word at
              bits 4i..4i+3), scale and bias stored float16. 0.5625 bytes per weight.
+  "q8_0x16", "q5_0x16"
+             The same blocks, bytes and bits as q8_0 / q5_0, repacked (`repack`, exact both ways with
+             `unpack`) into the order the int8 kernels read: 16 weight rows ("a panel") interleaved
+             per block, every array of a panel in one stream. One uint8 array `q`:
+             q8_0x16 (N/16, K/32, 544): per block b of panel p, bytes 64k + 4r + e (k < 8, r < 16,
+               e < 4) = value 4k + e of row 16p + r, plus 128 (w xor 0x80: the unsigned side of
+               vpdpbusd); bytes 512 + 2r = row r's float16 scale.
+             q5_0x16 (N/16, K/64, 704), per pair of blocks (2t, 2t + 1), h = 0, 1:
+               bytes 256h + 64j + 4r + e (j < 4) = the GGUF's nibble byte 4j + e of row r's block
+                 2t + h (value 4j + e low, value 16 + 4j + e high), so the low nibbles of vector j
+                 hold values 4j.. and the high nibbles values 16 + 4j.. of 16 rows;
+               bytes 512 + 64h + 8k (k < 8): a 64-bit mask, bit 4r + e = the fifth bit of value
+                 4k + e of row r (one byte mask per unpacked vector);
+               bytes 640 + 32h + 2r: row r's float16 scale.
+             N must be a multiple of 16 (and K of 64 for q5_0x16). Decode reads the weights once per
+             token, so one sequential stream per thread is what lets it run at memory speed.
 
 Rules it keeps:
 - `QuantizedWeight` is frozen and carries its own format and float shape; the kernels validate it.
@@ -29,8 +45,11 @@ from dataclasses import dataclass
 import mlx.core as mx
 
 # format -> number of consecutive K values sharing one scale (and bias)
-BLOCK: dict[str, int] = {"q8_0": 32, "q5_0": 32, "affine4": 64}
+BLOCK: dict[str, int] = {"q8_0": 32, "q5_0": 32, "affine4": 64, "q8_0x16": 32, "q5_0x16": 64}
 FORMATS: tuple[str, ...] = tuple(BLOCK)
+# panel format -> (the row format it repacks, bytes per unit of 16 rows x BLOCK values)
+PANEL: dict[str, tuple[str, int]] = {"q8_0x16": ("q8_0", 544), "q5_0x16": ("q5_0", 704)}
+PANEL_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -40,12 +59,14 @@ class QuantizedWeight:
     q8_0:    q int8 (N, K), scales float16 (N, K/32), biases None.
     q5_0:    q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32), biases None.
     affine4: q uint32 (N, K/8), scales float16 (N, K/64), biases float16 (N, K/64).
+    q8_0x16: q uint8 (N/16, K/32, 544); q5_0x16: q uint8 (N/16, K/64, 704); nothing else (see the
+             module docstring).
     """
 
     format: str
     shape: tuple[int, int]  # (N, K) of the float matrix
     q: mx.array
-    scales: mx.array
+    scales: mx.array | None = None
     biases: mx.array | None = None
     high: mx.array | None = None
 
@@ -73,7 +94,11 @@ class QuantizedWeight:
         bs = BLOCK[self.format]
         if K <= 0 or K % bs:
             raise ValueError(f"{self.format}: K = {K} must be a positive multiple of {bs}")
-        if self.format == "q8_0":
+        if self.format in PANEL:
+            if N <= 0 or N % PANEL_ROWS:
+                raise ValueError(f"{self.format}: N = {N} must be a positive multiple of {PANEL_ROWS}")
+            want = {"q": ((N // PANEL_ROWS, K // bs, PANEL[self.format][1]), mx.uint8)}
+        elif self.format == "q8_0":
             want = {"q": ((N, K), mx.int8), "scales": ((N, K // bs), mx.float16)}
         elif self.format == "q5_0":
             want = {
@@ -87,7 +112,7 @@ class QuantizedWeight:
                 "scales": ((N, K // bs), mx.float16),
                 "biases": ((N, K // bs), mx.float16),
             }
-        for name in ("biases", "high"):
+        for name in ("scales", "biases", "high"):
             if name not in want and getattr(self, name) is not None:
                 raise ValueError(f"{self.format}: {name} must be None")
         for name, (shape, dtype) in want.items():
@@ -147,6 +172,8 @@ def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedW
         raise ValueError(f"unknown quantization format {fmt!r}; known: {', '.join(FORMATS)}")
     if w.ndim != 2:
         raise ValueError(f"quantize: w must be 2-D (N, K), got shape {w.shape}")
+    if fmt in PANEL:
+        return repack(quantize(w, PANEL[fmt][0], rows_per_chunk=rows_per_chunk))
     N, K = w.shape
     bs = BLOCK[fmt]
     if K % bs:
@@ -183,8 +210,83 @@ def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedW
     return qw
 
 
+def _bits(words: mx.array, n: int) -> mx.array:
+    """Unsigned words (...) -> their n low bits (..., n) as uint8 0/1, lowest first."""
+    return ((words[..., None] >> mx.arange(n, dtype=words.dtype)) & 1).astype(mx.uint8)
+
+
+def _pack_bits(bits: mx.array) -> mx.array:
+    """0/1 bits (..., 8n) -> bytes (..., n), bit i of byte j = bits[8j + i] (little-endian words)."""
+    b = bits.reshape(*bits.shape[:-1], -1, 8).astype(mx.uint32) << mx.arange(8, dtype=mx.uint32)
+    return mx.sum(b, axis=-1).astype(mx.uint8)
+
+
+def repack(qw: QuantizedWeight, *, rows_per_chunk: int = 8192) -> QuantizedWeight:
+    """q8_0 -> q8_0x16, q5_0 -> q5_0x16 (the module docstring's layout; exact, `unpack` undoes it).
+
+    ValueError unless N is a multiple of 16 (and K of 64 for q5_0). Rows go in chunks (a multiple of 16)
+    to bound the temporaries."""
+    panel = {"q8_0": "q8_0x16", "q5_0": "q5_0x16"}.get(qw.format)
+    if panel is None:
+        raise ValueError(f"repack: {qw.format} has no panel layout (q8_0, q5_0 do)")
+    qw.validate()
+    N, K = qw.shape
+    if N % PANEL_ROWS or K % BLOCK[panel]:
+        raise ValueError(f"repack: {panel} needs N % {PANEL_ROWS} == 0 and K % {BLOCK[panel]} == 0, got {qw.shape}")
+    nb = K // 32
+    chunks = []
+    for r0 in range(0, N, rows_per_chunk):  # bounded temporaries (the 151936-row head)
+        rows = slice(r0, r0 + rows_per_chunk)
+        P = min(rows_per_chunk, N - r0) // PANEL_ROWS
+        # row-major (P, r, block, ...) -> panel-major (P, block, ..., r, ...)
+        sc = qw.scales[rows].view(mx.uint8).reshape(P, PANEL_ROWS, nb, 2).transpose(0, 2, 1, 3).reshape(P, nb, 32)
+        if panel == "q8_0x16":
+            u = qw.q[rows].view(mx.uint8) ^ mx.array(0x80, dtype=mx.uint8)
+            u = u.reshape(P, PANEL_ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(P, nb, 512)
+            out = mx.concatenate([u, sc], axis=-1)
+        else:
+            nib = qw.q[rows].reshape(P, PANEL_ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(P, nb // 2, 512)
+            bits = _bits(qw.high[rows], 32).reshape(P, PANEL_ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)  # (P, nb, k, r, e)
+            masks = _pack_bits(bits.reshape(P, nb, 8, 64)).reshape(P, nb // 2, 128)
+            out = mx.concatenate([nib, masks, sc.reshape(P, nb // 2, 64)], axis=-1)
+        mx.eval(out)
+        chunks.append(out)
+    res = QuantizedWeight(panel, (N, K), mx.concatenate(chunks) if len(chunks) > 1 else chunks[0])
+    del chunks
+    mx.eval(res.q)
+    return res
+
+
+def unpack(qw: QuantizedWeight) -> QuantizedWeight:
+    """A panel format back to its row format (q8_0x16 -> q8_0, q5_0x16 -> q5_0); others as they are."""
+    if qw.format not in PANEL:
+        return qw
+    qw.validate()
+    N, K = qw.shape
+    P, nb = N // PANEL_ROWS, K // 32
+    if qw.format == "q8_0x16":
+        units = qw.q  # (P, nb, 544)
+        u = units[..., :512].reshape(P, nb, 8, PANEL_ROWS, 4).transpose(0, 3, 1, 2, 4)  # (P, r, nb, k, e)
+        q = (u.reshape(N, K) ^ mx.array(0x80, dtype=mx.uint8)).view(mx.int8)
+        sc = units[..., 512:]
+        high = None
+    else:
+        units = qw.q  # (P, nb/2, 704)
+        nib = units[..., :512].reshape(P, nb, 4, PANEL_ROWS, 4).transpose(0, 3, 1, 2, 4)  # (P, r, nb, j, e)
+        q = nib.reshape(N, K // 2)
+        bits = _bits(units[..., 512:640].reshape(P, nb, 8, 8), 8).reshape(P, nb, 8, PANEL_ROWS, 4)
+        bits = bits.transpose(0, 3, 1, 2, 4).reshape(N, nb, 32).astype(mx.uint32)  # value i's bit
+        high = mx.sum(bits << mx.arange(32, dtype=mx.uint32), axis=-1).astype(mx.uint32)
+        sc = units[..., 640:]
+    sc = sc.reshape(P, nb, PANEL_ROWS, 2).transpose(0, 2, 1, 3).reshape(N, nb * 2).view(mx.float16)
+    out = QuantizedWeight(PANEL[qw.format][0], (N, K), q, sc, high=high)
+    mx.eval(*out.arrays())
+    return out
+
+
 def dequantize(qw: QuantizedWeight) -> mx.array:
     """The float32 (N, K) matrix a QuantizedWeight stands for (plain mx ops)."""
+    qw = unpack(qw)
     N, K = qw.shape
     bs = BLOCK[qw.format]
     if qw.format == "q8_0":
@@ -229,7 +331,10 @@ __all__ = [
     "FORMATS",
     "QuantizedWeight",
     "concat_rows",
+    "PANEL",
     "dequantize",
     "quantize",
+    "repack",
+    "unpack",
     "round_activations_q8",
 ]

@@ -26,7 +26,7 @@ def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
     do: weight and activation blocks then meet in exact int32 dot products."""
     from kernels.quant import dequantize, round_activations_q8
 
-    if qw.format in ("q8_0", "q5_0"):
+    if qw.format in ("q8_0", "q5_0", "q8_0x16", "q5_0x16"):
         x = round_activations_q8(x)
     return linear(x, dequantize(qw), b)
 

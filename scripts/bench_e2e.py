@@ -1,6 +1,6 @@
 """End-to-end speed of the real model plus a per-op-category profile of one decode step.
 
-Run: `python scripts/bench_e2e.py [--quant auto] [--reps 3] [--no-profile]`.
+Run: `python scripts/bench_e2e.py [--quant auto] [--reps 3] [--no-profile] [--layouts]`.
 
 Prints prefill tok/s for 128 and 512 prompt tokens (fresh cache, logits of the last position only, as
 `generate` does), decode tok/s over 64 greedy steps after a ~512-token prompt, best of `--reps`.
@@ -10,6 +10,11 @@ alone with the real shapes and the model's own weights: the 24 layers' linears (
 (the core softmax(qk^T)v over the cache), RMSNorm, RoPE and the SwiGLU elementwise product. Each
 category is one lazy graph of all its ops in a step, evaluated once, so the times add up to roughly a
 step (residual adds, reshapes and the cache append are the rest). The CPU is shared: best-of-N.
+
+`--layouts` times a decode step's linears per matrix kind with the weights as the model holds them (the
+16-row panel formats where the cpu kernels read them) against the same blocks in the row formats
+(`kernels.unpack`), alternating, with the last-level cache flushed before every run (the weights come
+from memory, as in a real step), and prints GB/s and the ratio.
 """
 
 from __future__ import annotations
@@ -138,6 +143,55 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
     }  # fmt: skip
 
 
+def profile_layouts(model, reps: int) -> None:
+    """Per matrix kind of a decode step (24 layers each): the model's layout vs the row formats."""
+    import numpy as np
+
+    import kernels
+    from engine.layers import linear
+
+    a = model.args
+    x = mx.random.normal((1, 1, a.hidden_size))
+    g = mx.random.normal((1, 1, a.intermediate_size))
+    mx.eval(x, g)
+    kinds: dict[str, list] = {"q/k/v": [], "o": [], "gate+up": [], "down": [], "lm_head": [(x, model.lm_head, None)]}
+    for blk in model.layers:
+        att, mlp = blk.self_attn, blk.mlp
+        if att.fused is not None:
+            kinds["q/k/v"].append((x, att.fused[0], att.fused[1]))
+        kinds["q/k/v"] += [(x, att.w[f"{n}_proj.weight"], None) for n in "qkv" if f"{n}_proj.weight" in att.w]
+        kinds["o"].append((x, att.w["o_proj.weight"], None))
+        kinds["gate+up"] += [(x, mlp.fused, None)] if mlp.fused is not None else [
+            (x, mlp.w["gate_proj.weight"], None), (x, mlp.w["up_proj.weight"], None)]  # fmt: skip
+        kinds["down"].append((g, mlp.w["down_proj.weight"], None))
+    flush = np.ones(96 << 17)  # 96 MB, more than the last-level cache
+
+    def run(calls) -> float:
+        nonlocal flush
+        out = float("inf")
+        for _ in range(reps):
+            flush += 1.0
+            t0 = time.perf_counter()
+            mx.eval([linear(xi, w, b, model.backend) for xi, w, b in calls])
+            out = min(out, time.perf_counter() - t0)
+        return out
+
+    total = {"model": 0.0, "rows": 0.0}
+    print(f"{'decode linears':>14} | {'as loaded':>22} | {'row formats':>22} | ratio")
+    for kind, calls in kinds.items():
+        rows = [(xi, kernels.unpack(w) if isinstance(w, kernels.QuantizedWeight) else w, b) for xi, w, b in calls]
+        nbytes = sum(w.nbytes for _, w, _ in calls)
+        fmts = sorted({w.format for _, w, _ in calls if isinstance(w, kernels.QuantizedWeight)})
+        t_model, t_rows = run(calls), run(rows)
+        t_model = min(t_model, run(calls))  # alternate once more: the machine drifts
+        total["model"] += t_model
+        total["rows"] += t_rows
+        print(f"{kind:>14} | {t_model * 1e3:6.2f} ms {nbytes / t_model / 1e9:5.1f} GB/s {'/'.join(fmts):>8}"
+              f" | {t_rows * 1e3:6.2f} ms {nbytes / t_rows / 1e9:5.1f} GB/s | {t_rows / t_model:4.2f}x")  # fmt: skip
+    print(f"{'total':>14} | {total['model'] * 1e3:6.2f} ms | {total['rows'] * 1e3:6.2f} ms"
+          f" | {total['rows'] / total['model']:4.2f}x")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quant", default="auto")
@@ -145,9 +199,12 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-profile", action="store_true")
     p.add_argument("--no-e2e", action="store_true")
+    p.add_argument("--layouts", action="store_true", help="decode linears: panel vs row layout")
     args = p.parse_args()
     lm = load_model("qwen2.5-coder-0.5b", quant=args.quant, backend=args.backend, quiet=True)
     model = lm.model
+    if args.layouts:
+        profile_layouts(model, args.reps * 3)
     if not args.no_profile:
         for S in (64, 512):
             prof = profile_decode(model, S, args.reps * 3)

@@ -302,3 +302,147 @@ def test_gemm_rounds_ties_away_from_zero():
         got = np.array(kernels.quantized_linear(x, qw, backend="cpu"))
         want = np.array(ref.quantized_linear(x, qw))
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# --- the panel formats (q8_0x16, q5_0x16: the same blocks in 16-row panels) ---------------------------
+
+
+def _require_panels():
+    require("cpu")
+    if not kernels.panel_kernels():
+        pytest.skip(f"the active ISA ({kcpu.load().cpu_isa()}) has no int8 GEMM to read the panel formats")
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q5_0"])
+@pytest.mark.parametrize(("N", "K"), [(16, 64), (48, 128), (32, 896), (16, 4864)])
+def test_repack_is_exact_and_unpack_undoes_it(fmt, N, K):
+    _, w, _ = make(1, K, N, bias=False, seed=N + K)
+    qw = quantize(w, fmt)
+    pw = kernels.repack(qw)
+    assert pw.format == fmt + "x16" and pw.shape == (N, K) and pw.scales is None and pw.high is None
+    assert pw.nbytes == qw.nbytes  # a reordering, not a new format
+    back = kernels.unpack(pw)
+    assert back.format == fmt
+    for a, b in zip(qw.arrays(), back.arrays(), strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    np.testing.assert_array_equal(np.array(dequantize(pw)), np.array(dequantize(qw)))
+    np.testing.assert_array_equal(np.array(quantize(w, fmt + "x16").q), np.array(pw.q))
+
+
+def test_panel_byte_layout_is_the_documented_one():
+    """Spot-check the layout of kernels/quant.py's docstring element by element, from the row formats
+    (numpy indexing, independent of repack's reshapes)."""
+    N, K = 32, 128
+    _, w, _ = make(1, K, N, bias=False, seed=9)
+    q8 = quantize(w, "q8_0")
+    p8 = np.array(kernels.repack(q8).q)
+    q = np.array(q8.q).view(np.uint8)
+    sc = np.array(q8.scales).view(np.uint8)
+    for p, b, k, r, e in [(0, 0, 0, 0, 0), (1, 3, 7, 15, 3), (0, 2, 5, 9, 1)]:
+        assert p8[p, b, 64 * k + 4 * r + e] == q[16 * p + r, 32 * b + 4 * k + e] ^ 0x80
+        assert p8[p, b, 512 + 2 * r : 514 + 2 * r].tolist() == sc[16 * p + r, 2 * b : 2 * b + 2].tolist()
+    q5 = quantize(w, "q5_0")
+    p5 = np.array(kernels.repack(q5).q)
+    nib, high = np.array(q5.q), np.array(q5.high)
+    sc5 = np.array(q5.scales).view(np.uint8)
+    for p, t, h, j, r, e in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 3, 15, 3), (0, 1, 0, 2, 7, 2)]:
+        b = 2 * t + h
+        assert p5[p, t, 256 * h + 64 * j + 4 * r + e] == nib[16 * p + r, 16 * b + 4 * j + e]
+        assert p5[p, t, 640 + 32 * h + 2 * r : 642 + 32 * h + 2 * r].tolist() == sc5[16 * p + r, 2 * b : 2 * b + 2].tolist()
+    for p, t, h, k, r, e in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 7, 15, 3), (0, 0, 1, 4, 6, 1), (1, 0, 0, 3, 11, 2)]:
+        b = 2 * t + h
+        mask = int.from_bytes(bytes(p5[p, t, 512 + 64 * h + 8 * k : 520 + 64 * h + 8 * k]), "little")
+        assert (mask >> (4 * r + e)) & 1 == (int(high[16 * p + r, b]) >> (4 * k + e)) & 1
+
+
+@pytest.mark.parametrize("fmt", ["q8_0x16", "q5_0x16"])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 17, 129])
+@pytest.mark.parametrize(("K", "N"), [(64, 16), (896, 48), (4864, 32), (192, 80)])
+def test_cpu_panel_formats_match_reference(fmt, M, K, N):
+    """Every path that reads panels: streamed through registers (M <= 8), unpacked once per panel
+    (9..16 rows), and the prefill sweep (many rows), with and without bias."""
+    _require_panels()
+    x, w, b = make(M, K, N, bias=M % 2 == 1, seed=M * 7 + K + N)
+    qw = quantize(w, fmt)
+    want = ref.quantized_linear(x, qw, b)
+    assert_close(kernels.quantized_linear(x, qw, b, backend="cpu"), want, K=K)
+    row = kernels.unpack(qw)  # the row format's kernels: the same exact block sums
+    assert_close(kernels.quantized_linear(x, qw, b, backend="cpu"), kernels.quantized_linear(x, row, b, backend="cpu"),
+                 K=K, rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["q8_0x16", "q5_0x16"])
+def test_panel_integer_extremes_do_not_saturate(fmt):
+    _require_panels()
+    K = 256
+    w = mx.where(mx.arange(K) % 3 == 0, -1.0, 1.0)[None, :] * mx.array([[1.0], [-1.0], [0.5], [0.25]] * 4)  # (16, K)
+    x = mx.where(mx.arange(K) % 2 == 0, 1.0, -1.0)[None, :] * mx.array([[100.0], [-7.0], [1.0]])
+    qw = quantize(w, fmt)
+    for m in (1, 3):
+        assert_close(kernels.quantized_linear(x[:m], qw, backend="cpu"), ref.quantized_linear(x[:m], qw), K=K)
+
+
+def test_for_backend_repacks_only_where_it_can():
+    q8 = quantize(make(1, 64, 32, bias=False)[1], "q8_0")
+    assert kernels.for_backend(q8, "ref") is q8
+    odd = quantize(make(1, 64, 17, bias=False)[1], "q8_0")
+    assert kernels.for_backend(odd, "cpu") is odd  # N not a multiple of 16
+    q5 = quantize(make(1, 96, 32, bias=False)[1], "q5_0")
+    assert kernels.for_backend(q5, "cpu") is q5  # K not a multiple of 64 (blocks go in pairs)
+    a4 = quantize(make(1, 64, 32, bias=False)[1], "affine4")
+    assert kernels.for_backend(a4, "cpu") is a4
+    if kcpu.load() is not None and kernels.panel_kernels():
+        assert kernels.for_backend(q8, "cpu").format == "q8_0x16"
+
+
+def test_concat_rows_of_panels_is_the_panel_of_the_concat():
+    from kernels.quant import concat_rows
+
+    ws = [quantize(make(1, 128, n, bias=False, seed=n)[1], "q5_0") for n in (16, 32)]
+    a = concat_rows([kernels.repack(w) for w in ws])
+    b = kernels.repack(concat_rows(ws))
+    assert a.format == "q5_0x16" and a.shape == (48, 128)
+    np.testing.assert_array_equal(np.array(a.q), np.array(b.q))
+
+
+def test_panel_formats_are_validated():
+    qw = quantize(mx.ones((32, 64)), "q8_0x16")
+    with pytest.raises(ValueError, match="N = 20 must be a positive multiple of 16"):
+        QuantizedWeight("q8_0x16", (20, 64), qw.q).validate()
+    with pytest.raises(ValueError, match="q8_0x16: q must be"):
+        QuantizedWeight("q8_0x16", (32, 64), qw.q[:, :1]).validate()
+    with pytest.raises(ValueError, match="scales must be None"):
+        QuantizedWeight("q8_0x16", (32, 64), qw.q, qw.q).validate()
+    with pytest.raises(ValueError, match="repack: q5_0x16 needs"):
+        kernels.repack(quantize(mx.ones((32, 96)), "q5_0"))
+    with pytest.raises(ValueError, match="has no panel layout"):
+        kernels.repack(quantize(mx.ones((32, 64)), "affine4"))
+
+
+def test_extension_validates_panel_formats():
+    require("cpu")
+    ext = kcpu.load()
+    qw = quantize(mx.ones((32, 64)), "q5_0x16")
+    with pytest.raises(ValueError, match=r"q5_0x16 q must be uint8 \(N/16, 1, 704\)"):
+        ext.quantized_linear(mx.ones((2, 64)), qw.q[:, :, :700], None, None, None, "q5_0x16")
+    with pytest.raises(ValueError, match="takes q only"):
+        ext.quantized_linear(mx.ones((2, 64)), qw.q, qw.q, None, None, "q5_0x16")
+    with pytest.raises(ValueError, match="multiple of 64"):
+        ext.quantized_linear(mx.ones((2, 32)), qw.q, None, None, None, "q5_0x16")
+
+
+def test_panel_formats_on_an_isa_without_them_say_so():
+    require("cpu")
+    ext = kcpu.load()
+    qw = quantize(0.1 * mx.random.normal((16, 64), key=mx.random.key(1)), "q8_0x16")
+    before = ext.cpu_isa()
+    others = [i for i in ext.supported_isas() if i != "avx512"]
+    if not others:
+        pytest.skip("no ISA without the panel kernels to force")
+    try:
+        ext.set_isa(others[0])
+        assert not kernels.panel_kernels()
+        with pytest.raises(RuntimeError, match="need the AVX-512 VNNI kernels"):
+            mx.eval(kernels.quantized_linear(mx.ones((1, 64)), qw, backend="cpu"))
+    finally:
+        ext.set_isa(before)

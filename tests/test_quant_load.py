@@ -85,17 +85,52 @@ def test_affine4_keeps_weights_whose_k_is_not_a_multiple_of_64_in_float32(tiny_m
     assert np.isfinite(logits(lm)).all()
 
 
-def test_quantized_copy_is_stored_once_and_reused(tiny_model_dir):
-    load_model(str(tiny_model_dir), quant="q8_0")
-    path = cache_file(tiny_model_dir, "q8_0")
+@pytest.mark.parametrize("backend", ["ref", None])
+def test_quantized_copy_is_stored_once_and_reused(tiny_model_dir, backend):
+    """One on-disk copy per layout: the row layout for the ref backend, the 16-row panels where the cpu
+    kernels read them (the default backend on such a CPU)."""
+    from engine.loader.load import _layout
+
+    layout = _layout(backend)
+    load_model(str(tiny_model_dir), quant="q8_0", backend=backend)
+    path = cache_file(tiny_model_dir, "q8_0", layout)
     assert path.is_file()
     stamp = path.stat().st_mtime_ns
-    a = logits(load_model(str(tiny_model_dir), quant="q8_0"))
+    lm = load_model(str(tiny_model_dir), quant="q8_0", backend=backend)
+    a = logits(lm)
     assert path.stat().st_mtime_ns == stamp  # read, not rewritten
+    head = lm.model.lm_head
+    assert head.format == ("q8_0x16" if layout == "panels" else "q8_0")
     path.write_bytes(b"garbage")  # a broken copy is rebuilt, never trusted
-    b = logits(load_model(str(tiny_model_dir), quant="q8_0"))
+    b = logits(load_model(str(tiny_model_dir), quant="q8_0", backend=backend))
     np.testing.assert_array_equal(a, b)
     assert path.stat().st_size > 100
+
+
+def test_both_layouts_hold_the_same_blocks(tiny_model_dir):
+    """The panel layout is the row layout's blocks reordered: unpacked, every array is the same."""
+    import kernels
+    from engine.loader.quantize import quantize_weights
+    from engine.models.qwen2 import ModelArgs, sanitize
+
+    if not kernels.panel_kernels():
+        pytest.skip("this CPU's kernels read no panel formats")
+    from engine.loader.load import load_weights
+
+    args = ModelArgs.from_dict(__import__("json").loads((tiny_model_dir / "config.json").read_text()))
+    rows = quantize_weights(sanitize(load_weights(tiny_model_dir), args), "q8_0", tied=args.tie_word_embeddings)
+    panels = quantize_weights(
+        sanitize(load_weights(tiny_model_dir), args), "q8_0", tied=args.tie_word_embeddings, layout="panels"
+    )
+    n_panel = 0
+    for k, qw in rows.items():
+        if isinstance(qw, QuantizedWeight):
+            n_panel += panels[k].format == "q8_0x16"
+            for a, b in zip(qw.arrays(), kernels.unpack(panels[k]).arrays(), strict=True):
+                np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert n_panel > 0
+    with pytest.raises(ValueError, match="unknown weight layout"):
+        quantize_weights(rows, "q8_0", tied=True, layout="columns")
 
 
 def test_stored_copies_do_not_leak_into_float_loads(tiny_model_dir):

@@ -67,13 +67,20 @@ def test_default_load_is_the_gguf_blocks(real_lm_default):
     from kernels import QuantizedWeight
 
     assert real_lm_default.quant == "gguf"
-    formats = {
-        v.format
-        for layer in real_lm_default.model.layers
-        for v in (*layer.self_attn.w.values(), *layer.mlp.w.values())
-        if isinstance(v, QuantizedWeight)
-    }
-    assert formats == {"q5_0", "q8_0"}  # Q5_0 as stored; Q8_0 for v (as stored) and the K-quant ffn_down
+    import kernels
+    from kernels.quant import PANEL
+
+    model = real_lm_default.model
+    weights = [model.lm_head]
+    for layer in model.layers:
+        weights += [*layer.self_attn.w.values(), *layer.mlp.w.values(), layer.mlp.fused]
+        weights += [layer.self_attn.fused[0]] if layer.self_attn.fused else []
+    formats = {v.format for v in weights if isinstance(v, QuantizedWeight)}
+    # Q5_0 as stored; Q8_0 for v and the head (as stored) and the K-quant ffn_down. Where the cpu kernels
+    # read the 16-row panel layout, every one of them is in it (the same blocks, reordered).
+    assert {PANEL.get(f, (f,))[0] for f in formats} == {"q5_0", "q8_0"}
+    if model.backend != "ref" and kernels.panel_kernels():
+        assert formats == {"q5_0x16", "q8_0x16"}
 
 
 def test_default_capital_of_france_is_paris(real_lm_default):

@@ -56,6 +56,16 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
     return weights
 
 
+def _layout(backend: str | None) -> str:
+    """The quantized weights' layout the model's linear layers read fastest: the 16-row panel formats
+    where they run on the cpu kernels and those read them (AVX-512 VNNI), else the row layout."""
+    import kernels
+
+    if backend == "ref" or (backend or kernels.backend_for("quantized_linear")) != "cpu":
+        return "rows"
+    return "panels" if kernels.panel_kernels() else "rows"
+
+
 def load_model(
     name_or_path: str, *, backend: str | None = None, quant: str = DEFAULT_QUANT, quiet: bool = False
 ) -> LoadedModel:
@@ -72,8 +82,9 @@ def load_model(
     args = ModelArgs.from_dict(config)
     weights = sanitize(load_weights(folder), args)
     quant = resolve_quant(quant, folder)
-    weights = quantize_weights(weights, quant, tied=args.tie_word_embeddings, folder=folder)
+    weights = quantize_weights(weights, quant, tied=args.tie_word_embeddings, folder=folder, layout=_layout(backend))
     mx.eval(weight_arrays(weights))
-    model = Qwen2Model(args, weights, backend=backend)
+    model = Qwen2Model(args, weights, backend=backend, consume=True)
+    del weights
     tokenizer = Tokenizer.from_dir(folder)
     return LoadedModel(name=name, path=folder, model=model, tokenizer=tokenizer, config=config, quant=quant)

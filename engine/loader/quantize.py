@@ -34,6 +34,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+import kernels
 from kernels import BLOCK, QuantizedWeight, quantize
 
 QUANT_MODES: tuple[str, ...] = ("auto", "gguf", "q8_0", "affine4", "none")
@@ -126,11 +127,14 @@ def source_fingerprint(folder: Path) -> str:
     return json.dumps([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
 
 
-def cache_file(folder: Path, mode: str) -> Path:
-    return folder / "quantized" / f"{mode}.safetensors"
+LAYOUTS: tuple[str, ...] = ("rows", "panels")
 
 
-def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedWeight] | None:
+def cache_file(folder: Path, mode: str, layout: str = "rows") -> Path:
+    return folder / "quantized" / (f"{mode}.safetensors" if layout == "rows" else f"{mode}.{layout}.safetensors")
+
+
+def _read_cache(path: Path, mode: str, fingerprint: str, layout: str = "rows") -> dict[str, QuantizedWeight] | None:
     if not path.is_file():
         return None
     try:
@@ -139,6 +143,8 @@ def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedW
         return None
     if (meta.get("format"), meta.get("version"), meta.get("source")) != (mode, _CACHE_VERSION, fingerprint):
         return None
+    if meta.get("layout", "rows") != layout:
+        return None
     shapes = json.loads(meta["shapes"])
     formats = json.loads(meta["formats"])
     return {
@@ -146,7 +152,7 @@ def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedW
             format=formats[name],
             shape=tuple(shape),
             q=arrays[f"{name}.q"],
-            scales=arrays[f"{name}.scales"],
+            scales=arrays.get(f"{name}.scales"),
             biases=arrays.get(f"{name}.biases"),
             high=arrays.get(f"{name}.high"),
         )
@@ -154,11 +160,14 @@ def _read_cache(path: Path, mode: str, fingerprint: str) -> dict[str, QuantizedW
     }
 
 
-def _write_cache(path: Path, mode: str, fingerprint: str, qws: dict[str, QuantizedWeight]) -> None:
+def _write_cache(
+    path: Path, mode: str, fingerprint: str, qws: dict[str, QuantizedWeight], layout: str = "rows"
+) -> None:
     arrays: dict[str, mx.array] = {}
     for name, qw in qws.items():
         arrays[f"{name}.q"] = qw.q
-        arrays[f"{name}.scales"] = qw.scales
+        if qw.scales is not None:
+            arrays[f"{name}.scales"] = qw.scales
         if qw.biases is not None:
             arrays[f"{name}.biases"] = qw.biases
         if qw.high is not None:
@@ -167,6 +176,7 @@ def _write_cache(path: Path, mode: str, fingerprint: str, qws: dict[str, Quantiz
         "format": mode,
         "version": _CACHE_VERSION,
         "source": fingerprint,
+        "layout": layout,
         "shapes": json.dumps({n: list(qw.shape) for n, qw in qws.items()}),
         "formats": json.dumps({n: qw.format for n, qw in qws.items()}),
     }
@@ -184,13 +194,23 @@ def _write_cache(path: Path, mode: str, fingerprint: str, qws: dict[str, Quantiz
 
 
 def quantize_weights(
-    weights: dict[str, mx.array], mode: str, *, tied: bool, folder: Path | None = None
+    weights: dict[str, mx.array],
+    mode: str,
+    *,
+    tied: bool,
+    folder: Path | None = None,
+    layout: str = "rows",
 ) -> dict[str, mx.array | QuantizedWeight]:
     """Return `weights` with the linear weights replaced by QuantizedWeight (mode != "none").
 
     mode: a concrete mode (see resolve_quant; "gguf" needs `folder`'s source GGUF).
-    folder: the model folder whose float32 files `weights` came from; enables the on-disk copy."""
+    folder: the model folder whose float32 files `weights` came from; enables the on-disk copy.
+    layout: "rows" (the formats' row layout) or "panels" (q8_0 / q5_0 repacked into the 16-row panel
+    formats the cpu kernels read where they can, `kernels.for_backend`; exact). Each layout has its own
+    on-disk copy, so a load in either reads it straight from disk (no repacking, no second copy in memory)."""
     check_quant(mode)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown weight layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     if mode == "none":
         return weights
     if mode == "auto":
@@ -199,6 +219,26 @@ def quantize_weights(
     embed = weights["model.embed_tokens.weight"]
     source = {n: weights.get(n, embed) for n in linear_weight_names(weights, tied)}
     wanted = {n for n, w in source.items() if w.shape[1] % block == 0}
+    qws = None
+    if folder is not None and layout != "rows":
+        qws = _read_cache(cache_file(folder, mode, layout), mode, source_fingerprint(folder), layout)
+        if qws is not None and set(qws) != wanted:
+            qws = None
+    if qws is None:
+        qws = _row_weights(mode, folder=folder, wanted=wanted, source=source)
+        if layout != "rows":
+            qws = {n: kernels.for_backend(qw, "cpu") for n, qw in qws.items()}
+            if folder is not None:
+                _write_cache(cache_file(folder, mode, layout), mode, source_fingerprint(folder), qws, layout)
+    out: dict[str, mx.array | QuantizedWeight] = {k: v for k, v in weights.items() if k not in qws}
+    if tied and "lm_head.weight" not in qws:
+        out.pop("lm_head.weight", None)  # the embedding stays the head
+    out.update(qws)
+    return out
+
+
+def _row_weights(mode: str, *, folder: Path | None, wanted: set, source: dict) -> dict[str, QuantizedWeight]:
+    """The quantized weights in the row layout: from the on-disk copy, or built (and stored)."""
     qws = None
     if folder is not None:
         fingerprint = source_fingerprint(folder)
@@ -213,11 +253,7 @@ def quantize_weights(
             qws = {n: quantize(source[n], mode) for n in sorted(wanted)}
         if folder is not None:
             _write_cache(cache_file(folder, mode), mode, fingerprint, qws)
-    out: dict[str, mx.array | QuantizedWeight] = {k: v for k, v in weights.items() if k not in qws}
-    if tied and "lm_head.weight" not in qws:
-        out.pop("lm_head.weight", None)  # the embedding stays the head
-    out.update(qws)
-    return out
+    return qws
 
 
 def weight_arrays(weights: dict[str, mx.array | QuantizedWeight]) -> list[mx.array]:
@@ -230,6 +266,7 @@ def weight_arrays(weights: dict[str, mx.array | QuantizedWeight]) -> list[mx.arr
 
 __all__ = [
     "DEFAULT_QUANT",
+    "LAYOUTS",
     "QUANT_MODES",
     "check_quant",
     "gguf_quantized",

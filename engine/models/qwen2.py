@@ -74,7 +74,8 @@ class Attention:
                 fused = concat_rows([w[f"{n}.weight"] for n in names])
             if fused is not None:
                 sizes = [w.pop(f"{n}.weight").shape[0] for n in names]
-                self.fused = (fused, mx.concatenate([w[f"{n}.bias"] for n in names]), sizes)
+                self.fused = (kernels.for_backend(fused, backend), mx.concatenate([w[f"{n}.bias"] for n in names]), sizes)
+            _to_backend_layout(w, backend)
 
     def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """x (B, L, E) -> q (B, L, H*D), k, v (B, L, H_kv*D), before RoPE."""
@@ -128,6 +129,9 @@ class MLP:
         self.fused = None if backend == "ref" else concat_rows([w["gate_proj.weight"], w["up_proj.weight"]])
         if self.fused is not None:
             del w["gate_proj.weight"], w["up_proj.weight"]
+            self.fused = kernels.for_backend(self.fused, backend)
+        if backend != "ref":
+            _to_backend_layout(w, backend)
 
     def project(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """x (..., E) -> gate, up (..., F)."""
@@ -160,12 +164,17 @@ class TransformerBlock:
 
 
 class Qwen2Model:
-    def __init__(self, args: ModelArgs, weights: dict[str, mx.array], backend: str | None = None) -> None:
+    def __init__(
+        self, args: ModelArgs, weights: dict[str, mx.array], backend: str | None = None, *, consume: bool = False
+    ) -> None:
         """weights: sanitized HF-named float arrays; linear weights may be kernels.QuantizedWeight
         (engine/loader/quantize.py). backend: kernel backend for linear layers
         (None = fastest available, "ref" = plain mx ops). Attention, RMSNorm and the SwiGLU product
         go through kernels.flash_attention / rms_norm / swiglu unless backend is "ref", which keeps the
-        readable math of engine/layers (the path inspect shows)."""
+        readable math of engine/layers (the path inspect shows).
+        consume: take each layer's entries out of `weights` as it is built, so a weight the fast path
+        replaces (stacked, repacked) is freed at once instead of when the caller drops the dict (the
+        loader passes True: peak memory stays near one copy of the weights)."""
         self.args = args
         self.backend = backend
         missing = [k for k in required_weight_names(args) if k not in weights]
@@ -173,11 +182,16 @@ class Qwen2Model:
             raise ValueError(f"missing {len(missing)} weights, e.g. {missing[:3]}")
         self.embed_tokens = weights["model.embed_tokens.weight"]  # (V, D)
         self.layers = [
-            TransformerBlock(args, _sub(weights, f"model.layers.{i}."), backend) for i in range(args.num_hidden_layers)
+            TransformerBlock(args, _sub(weights, f"model.layers.{i}.", pop=consume), backend)
+            for i in range(args.num_hidden_layers)
         ]
         self.norm = RMSNorm(weights["model.norm.weight"], args.rms_norm_eps, backend)
         # A quantized model carries its own (quantized) head even when the embedding is tied.
         self.lm_head = weights["lm_head.weight"] if "lm_head.weight" in weights else self.embed_tokens
+        if backend != "ref":
+            if consume:
+                weights.pop("lm_head.weight", None)
+            self.lm_head = kernels.for_backend(self.lm_head, backend)
 
     def make_cache(self) -> list[KVCache]:
         return make_cache(self.args.num_hidden_layers)
@@ -229,10 +243,19 @@ def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.arra
     return out
 
 
-def _sub(weights: dict[str, mx.array], prefix: str) -> dict[str, mx.array]:
-    """The entries under `prefix`, with the prefix removed."""
+def _to_backend_layout(w: dict, backend: str | None) -> None:
+    """Replace each quantized weight in w by the layout the backend's kernels read fastest (the panel
+    formats on the cpu kernels: kernels.for_backend; exact, the same blocks reordered)."""
+    for k, v in w.items():
+        if isinstance(v, QuantizedWeight):
+            w[k] = kernels.for_backend(v, backend)
+
+
+def _sub(weights: dict[str, mx.array], prefix: str, *, pop: bool = False) -> dict[str, mx.array]:
+    """The entries under `prefix`, with the prefix removed (and taken out of `weights` when pop)."""
     n = len(prefix)
-    return {k[n:]: v for k, v in weights.items() if k.startswith(prefix)}
+    keys = [k for k in weights if k.startswith(prefix)]
+    return {k[n:]: weights.pop(k) if pop else weights[k] for k in keys}
 
 
 __all__ = ["ModelArgs", "Qwen2Model", "sanitize", "required_weight_names"]

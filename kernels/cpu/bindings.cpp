@@ -29,17 +29,18 @@ NB_MODULE(_ext, m) {
       "Runs on the cpu stream; lazy like any mlx op.");
   m.def(
       "quantized_linear",
-      [](const mlx::core::array& x, const mlx::core::array& q, const mlx::core::array& scales,
+      [](const mlx::core::array& x, const mlx::core::array& q, const std::optional<mlx::core::array>& scales,
          const std::optional<mlx::core::array>& biases, const std::optional<mlx::core::array>& b,
          const std::string& format, const std::optional<mlx::core::array>& high) {
         return tiny_llm::quantized_linear(x, q, scales, biases, b, format, high);
       },
-      "x"_a, "q"_a, "scales"_a, "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
+      "x"_a, "q"_a, "scales"_a = nb::none(), "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
       "high"_a = nb::none(),
       "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
       "(N, K/32); 'q5_0': q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32);\n"
-      "'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64) -> (M, N) float32. q8_0 and q5_0\n"
-      "round x to Q8_0 blocks (int8 dot products per block).");
+      "'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64); 'q8_0x16' / 'q5_0x16': q uint8\n"
+      "(N/16, K/32, 544) / (N/16, K/64, 704) only (AVX-512 VNNI) -> (M, N) float32. q8_0, q5_0 and\n"
+      "their panel formats round x to Q8_0 blocks (int8 dot products per block).");
   m.def(
       "flash_attention",
       [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v, float scale,
@@ -81,6 +82,8 @@ NB_MODULE(_ext, m) {
   m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");
+  m.def("panel_kernels", [] { return tiny_llm::panel_kernels(); },
+        "True when the active ISA has the int8 GEMM that reads the panel formats (q8_0x16, q5_0x16).");
   m.def("num_threads", &tiny_llm::num_threads, "Threads in the pool (hardware or TINY_LLM_THREADS).");
   m.def(
       "set_spin_us", [](int us) { tiny_llm::ThreadPool::spin_us().store(us < 0 ? 0 : us); }, "us"_a,

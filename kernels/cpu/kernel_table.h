@@ -29,12 +29,29 @@ struct GemmArgs {
 //   Q5_0:    GGML's Q5_0 blocks split into three arrays: qs uint8 (N, K/2) (byte j of a block holds
 //            value j in its low nibble and value j + 16 in its high nibble), qh uint32 (N, K/32) (bit
 //            i = the fifth bit of value i), scales fp16 (N, K/32): w = d * ((nibble | bit << 4) - 16).
-enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1, Q5_0 = 2 };
+//   Q8_0_X16, Q5_0_X16: the same blocks repacked into panels of 16 rows, one uint8 array (kernels/quant.py,
+//            q8_0x16 / q5_0x16): per block (Q8_0) or pair of blocks (Q5_0), the 16 rows' bytes in the order
+//            vpdpbusd reads them, then their scales. Only the int8 GEMM (AVX-512 VNNI) reads them.
+enum class QFormat : int { Q8_0 = 0, AFFINE4 = 1, Q5_0 = 2, Q8_0_X16 = 3, Q5_0_X16 = 4 };
 constexpr int64_t kQ8Block = 32;
 constexpr int64_t kA4Group = 64;
+constexpr int64_t kPanelRows = 16;
+constexpr int64_t kQ8PanelUnit = 544;  // Q8_0_X16: bytes per block of a panel (8 x 64 + 16 fp16 scales)
+constexpr int64_t kQ5PanelUnit = 704;  // Q5_0_X16: bytes per pair of blocks (2 x 256 + 2 x 64 masks + 32 scales)
+
+inline bool is_panel(QFormat f) { return f == QFormat::Q8_0_X16 || f == QFormat::Q5_0_X16; }
+// The row format a panel format repacks (the format itself otherwise).
+inline QFormat row_format(QFormat f) {
+  return f == QFormat::Q8_0_X16 ? QFormat::Q8_0 : f == QFormat::Q5_0_X16 ? QFormat::Q5_0 : f;
+}
+// Bytes of one panel (16 rows x K) of a panel format.
+inline int64_t panel_bytes(QFormat f, int64_t K) {
+  return f == QFormat::Q8_0_X16 ? (K / kQ8Block) * kQ8PanelUnit : (K / (2 * kQ8Block)) * kQ5PanelUnit;
+}
 
 // Bytes one weight row of K values takes in format f, every array of the format counted.
 inline int64_t packed_row_bytes(QFormat f, int64_t K) {
+  f = row_format(f);
   if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
   if (f == QFormat::Q5_0) return K / 2 + 6 * (K / kQ8Block);
   return K / 2 + 4 * (K / kA4Group);
@@ -61,8 +78,8 @@ struct QGemvArgs {
 
 // Arguments of the int8 GEMM (Q8_0 / Q5_0 weights, x rounded to Q8_0 blocks; qgemm_vnni.inc).
 struct QGemmArgs {
-  QFormat f;               // Q8_0 or Q5_0
-  const uint8_t* q;        // as in QGemvArgs
+  QFormat f;               // Q8_0, Q5_0, Q8_0_X16 or Q5_0_X16
+  const uint8_t* q;        // as in QGemvArgs; the panels of a panel format (then scales and qh are null)
   const uint16_t* scales;  // fp16 bits, (N, K/32)
   const uint32_t* qh;      // Q5_0: fifth bits, (N, K/32); else null
   const float* b;          // (N,) or null
@@ -70,7 +87,7 @@ struct QGemmArgs {
   int64_t M, N, K;
   const int8_t* xa;        // (M, K) x rounded to int8 per block of 32
   const float* dx;         // (M, K/32) scales of x's blocks
-  const int32_t* xcorr;    // (M, K/32): -128 (Q8_0) or -16 (Q5_0) times the block sums of xa
+  const int32_t* xcorr;    // (M, K/32): -128 (Q8_0) or -16 (Q5_0) times the block sums of xa (x16: the same)
 };
 
 struct KernelTable {

@@ -344,6 +344,8 @@ static const KernelTable*& current_table() {
 
 std::string cpu_isa() { return current_table()->name; }
 
+bool panel_kernels() { return current_table()->q_gemm != nullptr; }
+
 const KernelTable& active_kernels() { return *current_table(); }
 
 std::vector<std::string> supported_isas() {

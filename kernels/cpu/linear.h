@@ -32,6 +32,9 @@ std::string cpu_isa();
 
 // ISAs this CPU and build can run, best first, and a switch between them (tests cover each path).
 std::vector<std::string> supported_isas();
+
+// True when the active ISA reads the panel formats (q8_0x16, q5_0x16): it has the int8 GEMM.
+bool panel_kernels();
 void set_isa(const std::string& name);
 
 // Threads the pool uses (hardware concurrency or TINY_LLM_THREADS).

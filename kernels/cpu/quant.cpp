@@ -146,6 +146,14 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
   }
   thread_local std::vector<int8_t> xq_buf;
   thread_local std::vector<float> dx_buf, xs_buf, xr_buf;
+  if (is_panel(f)) {  // only the int8 GEMM reads the panel formats, at every M
+    if (t.q_gemm == nullptr) {
+      throw std::runtime_error(std::string("quantized_linear: the panel formats (q8_0x16, q5_0x16) need the AVX-512 VNNI "
+                                           "kernels; the active ISA is ") + t.name + " (use q8_0 / q5_0)");
+    }
+    qgemm(t, pool, f, x, q, nullptr, nullptr, b, y, M, N, K, max_threads);
+    return;
+  }
   const bool int8 = f == QFormat::Q8_0 || f == QFormat::Q5_0;
   const bool i8gemm = int8 && t.q_gemm != nullptr && qgemm_min_rows() > 0 && M >= qgemm_min_rows();
   const bool gemv = !i8gemm && M < qgemv_max_rows();
@@ -257,7 +265,7 @@ static void expect_shape(const char* what, const mx::array& a, int64_t d0, int64
   }
 }
 
-mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
+mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::optional<mx::array>& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
                            const std::string& format, const std::optional<mx::array>& high, mx::StreamOrDevice s) {
   QFormat f;
@@ -267,18 +275,44 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::arr
     f = QFormat::AFFINE4;
   } else if (format == "q5_0") {
     f = QFormat::Q5_0;
+  } else if (format == "q8_0x16") {
+    f = QFormat::Q8_0_X16;
+  } else if (format == "q5_0x16") {
+    f = QFormat::Q5_0_X16;
   } else {
-    throw std::invalid_argument("quantized_linear: unknown format '" + format + "' (q8_0, q5_0, affine4)");
+    throw std::invalid_argument("quantized_linear: unknown format '" + format +
+                                "' (q8_0, q5_0, affine4, q8_0x16, q5_0x16)");
   }
   if (x.ndim() != 2) throw std::invalid_argument("quantized_linear: x must be 2-D (M, K), got " + shape_str(x));
   if (x.dtype() != mx::float32) throw std::invalid_argument("quantized_linear: x must be float32");
-  if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
-  const int64_t K = x.shape(1), N = q.shape(0);
-  const int64_t block = f == QFormat::AFFINE4 ? kA4Group : kQ8Block;
+  const int64_t K = x.shape(1);
+  const int64_t block = f == QFormat::AFFINE4 || f == QFormat::Q5_0_X16 ? kA4Group : kQ8Block;
   if (K <= 0 || K % block != 0) {
     throw std::invalid_argument("quantized_linear: K = " + std::to_string(K) + " must be a positive multiple of " +
                                 std::to_string(block) + " for " + format);
   }
+  if (is_panel(f)) {  // one uint8 array (N/16, units, unit bytes); nothing else
+    const int64_t units = f == QFormat::Q8_0_X16 ? K / kQ8Block : K / (2 * kQ8Block);
+    const int64_t unit = f == QFormat::Q8_0_X16 ? kQ8PanelUnit : kQ5PanelUnit;
+    if (q.dtype() != mx::uint8 || q.ndim() != 3 || q.shape(0) <= 0 || q.shape(1) != units || q.shape(2) != unit) {
+      throw std::invalid_argument("quantized_linear: " + format + " q must be uint8 (N/16, " + std::to_string(units) +
+                                  ", " + std::to_string(unit) + "), got " + shape_str(q));
+    }
+    if (scales || biases || high) throw std::invalid_argument("quantized_linear: " + format + " takes q only");
+    const int64_t N = q.shape(0) * kPanelRows;
+    if (b && (b->ndim() != 1 || b->shape(0) != N || b->dtype() != mx::float32)) {
+      throw std::invalid_argument("quantized_linear: b must be float32 (N,) = (" + std::to_string(N) + ",), got " +
+                                  shape_str(*b));
+    }
+    const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
+    std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st)};
+    if (b) inputs.push_back(mx::contiguous(*b, false, st));
+    return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
+                     std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
+  }
+  if (!scales) throw std::invalid_argument("quantized_linear: " + format + " needs scales");
+  if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
+  const int64_t N = q.shape(0);
   if (f == QFormat::Q8_0) {
     if (q.dtype() != mx::int8) throw std::invalid_argument("quantized_linear: q8_0 q must be int8");
     expect_shape("q", q, N, K);
@@ -297,8 +331,8 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::arr
     if (biases->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: biases must be float16");
     expect_shape("biases", *biases, N, K / block);
   }
-  if (scales.dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
-  expect_shape("scales", scales, N, K / block);
+  if (scales->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
+  expect_shape("scales", *scales, N, K / block);
   if (b) {
     if (b->ndim() != 1 || b->shape(0) != N) {
       throw std::invalid_argument("quantized_linear: b must be (N,) = (" + std::to_string(N) + ",), got " +
@@ -308,7 +342,7 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::arr
   }
   const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
   std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st),
-                                   mx::contiguous(scales, false, st)};
+                                   mx::contiguous(*scales, false, st)};
   if (biases) inputs.push_back(mx::contiguous(*biases, false, st));
   if (f == QFormat::Q5_0) inputs.push_back(mx::contiguous(*high, false, st));
   if (f != QFormat::Q5_0 && high) throw std::invalid_argument("quantized_linear: only q5_0 takes high");
@@ -328,15 +362,15 @@ void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   auto& enc = mx::cpu::get_command_encoder(stream());
   for (const auto& a : inputs) enc.set_input_array(a);
   enc.set_output_array(out);
-  const bool a4 = format_ == QFormat::AFFINE4, q5 = format_ == QFormat::Q5_0;
+  const bool a4 = format_ == QFormat::AFFINE4, q5 = format_ == QFormat::Q5_0, panel = is_panel(format_);
   const float* xp = inputs[0].data<float>();
   const uint8_t* qp = inputs[1].data<uint8_t>();
-  const uint16_t* sp = inputs[2].data<uint16_t>();
+  const uint16_t* sp = panel ? nullptr : inputs[2].data<uint16_t>();
   const uint16_t* bip = a4 ? inputs[3].data<uint16_t>() : nullptr;
   const uint32_t* qhp = q5 ? inputs[3].data<uint32_t>() : nullptr;
-  const float* bp = has_bias_ ? inputs[(a4 || q5) ? 4 : 3].data<float>() : nullptr;
+  const float* bp = has_bias_ ? inputs[panel ? 2 : (a4 || q5) ? 4 : 3].data<float>() : nullptr;
   float* yp = out.data<float>();
-  const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = inputs[1].shape(0);
+  const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = out.shape(1);
   const QFormat f = format_;
   enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K); });
 }
@@ -351,7 +385,8 @@ bool QuantizedLinear::is_equivalent(const mx::Primitive& other) const {
 }
 
 std::vector<mx::Shape> QuantizedLinear::output_shapes(const std::vector<mx::array>& inputs) {
-  return {mx::Shape{inputs[0].shape(0), inputs[1].shape(0)}};
+  const int n = inputs[1].shape(0) * (is_panel(format_) ? static_cast<int>(kPanelRows) : 1);
+  return {mx::Shape{inputs[0].shape(0), n}};
 }
 
 }  // namespace tiny_llm

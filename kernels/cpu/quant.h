@@ -25,7 +25,8 @@ namespace mx = mlx::core;
 //         "affine4" (q uint32 (N, K/8), scales and biases float16 (N, K/64)) or
 //         "q5_0" (q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32)).
 // x: (M, K) float32, b: (N,) float32 or none -> (M, N) float32.
-mx::array quantized_linear(const mx::array& x, const mx::array& q, const mx::array& scales,
+//         "q8_0x16" / "q5_0x16" (q uint8 (N/16, K/32, 544) / (N/16, K/64, 704), nothing else; AVX-512 VNNI only).
+mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::optional<mx::array>& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
                            const std::string& format, const std::optional<mx::array>& high = std::nullopt,
                            mx::StreamOrDevice s = {});
