@@ -182,7 +182,8 @@ class BatchKVCache(KVCache):
         import kernels
 
         for b, c in enumerate(self.rows):
-            c.reserve(k[b : b + 1], v[b : b + 1])
+            if c.keys is None or c.offset >= c.keys.shape[2]:  # slice (an op each) only to grow
+                c.reserve(k[b : b + 1], v[b : b + 1])
         lengths = [c.offset for c in self.rows]
         after = list({id(c.writer): c.writer for c in self.rows if c.writer is not None}.values())
         out, bufs = kernels.decode_attention_rows(

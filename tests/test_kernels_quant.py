@@ -356,11 +356,11 @@ def test_panel_byte_layout_is_the_documented_one():
 
 
 @pytest.mark.parametrize("fmt", ["q8_0x16", "q5_0x16"])
-@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 17, 129])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 9, 16, 17, 129])
 @pytest.mark.parametrize(("K", "N"), [(64, 16), (896, 48), (4864, 32), (192, 80)])
 def test_cpu_panel_formats_match_reference(fmt, M, K, N):
-    """Every path that reads panels: streamed through registers (M <= 8), unpacked once per panel
-    (9..16 rows), and the prefill sweep (many rows), with and without bias."""
+    """Every path that reads panels: streamed through the registers per tile of 8 rows (M <= 16, a last
+    partial tile), unpacked once per task (the prefill sweep, M > 16), with and without bias."""
     _require_panels()
     x, w, b = make(M, K, N, bias=M % 2 == 1, seed=M * 7 + K + N)
     qw = quantize(w, fmt)
