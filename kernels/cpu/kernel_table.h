@@ -85,9 +85,9 @@ struct QGemmArgs {
   const float* b;          // (N,) or null
   float* y;                // (M, N)
   int64_t M, N, K;
-  const int8_t* xa;        // (M, K) x rounded to int8 per block of 32
-  const float* dx;         // (M, K/32) scales of x's blocks
-  const int32_t* xcorr;    // (M, K/32): -128 (Q8_0) or -16 (Q5_0) times the block sums of xa (x16: the same)
+  const int8_t* xa;        // x rounded to int8 per block of 32, in tiles of 8 rows (qgemm_vnni.inc: xtile_index)
+  const float* dx;         // scales of x's blocks, same layout
+  const int32_t* xcorr;    // -128 (Q8_0) or -16 (Q5_0) times the block sums of xa (x16: the same), same layout
 };
 
 struct KernelTable {

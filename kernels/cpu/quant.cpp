@@ -78,9 +78,10 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
   thread_local std::vector<int8_t> xa_buf;
   thread_local std::vector<float> dx_buf;
   thread_local std::vector<int32_t> xc_buf;
-  if (static_cast<int64_t>(xa_buf.size()) < M * K) xa_buf.resize(M * K);
-  if (static_cast<int64_t>(dx_buf.size()) < M * nb) dx_buf.resize(M * nb);
-  if (static_cast<int64_t>(xc_buf.size()) < M * nb) xc_buf.resize(M * nb);
+  const int64_t Mt = (M + 7) / 8 * 8;  // x is stored in tiles of 8 rows (qgemm_vnni.inc, xtile_index)
+  if (static_cast<int64_t>(xa_buf.size()) < Mt * K) xa_buf.resize(Mt * K);
+  if (static_cast<int64_t>(dx_buf.size()) < Mt * nb) dx_buf.resize(Mt * nb);
+  if (static_cast<int64_t>(xc_buf.size()) < Mt * nb) xc_buf.resize(Mt * nb);
   QGemmArgs a{f, q, scales, qh, b, y, M, N, K, xa_buf.data(), dx_buf.data(), xc_buf.data()};
   {  // x's rows in chunks of 16 (a few MB at prefill sizes: worth both cores)
     const int64_t chunk = 16, n_chunks = (M + chunk - 1) / chunk;
