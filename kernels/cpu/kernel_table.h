@@ -85,7 +85,7 @@ struct QGemmArgs {
   const float* b;          // (N,) or null
   float* y;                // (M, N)
   int64_t M, N, K;
-  const int8_t* xa;        // x rounded to int8 per block of 32, in tiles of 8 rows (qgemm_vnni.inc: xtile_index)
+  const int8_t* xa;        // x rounded to int8 per block of 32, in tiles of min(M, 8) rows (qgemm_vnni.inc: xtile_index)
   const float* dx;         // scales of x's blocks, same layout
   const int32_t* xcorr;    // -128 (Q8_0) or -16 (Q5_0) times the block sums of xa (x16: the same), same layout
 };
@@ -111,8 +111,8 @@ struct KernelTable {
   // ISA has none (then the GEMV and the dequantize + float GEMM paths serve every M).
   void (*q_gemm)(const QGemmArgs& a, int64_t n_begin, int64_t n_end);
   // x's rows [m0, m1) rounded to Q8_0 blocks in q_gemm's layout (QGemmArgs::xa, dx, xcorr); null with q_gemm.
-  void (*q_gemm_prepare_x)(QFormat f, const float* x, int64_t K, int64_t m0, int64_t m1, int8_t* xa, float* dx,
-                           int32_t* xcorr);
+  void (*q_gemm_prepare_x)(QFormat f, const float* x, int64_t M, int64_t K, int64_t m0, int64_t m1, int8_t* xa,
+                           float* dx, int32_t* xcorr);
 };
 
 // The kernels of the ISA in use (best supported, or the one forced by set_isa).

@@ -78,7 +78,7 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
   thread_local std::vector<int8_t> xa_buf;
   thread_local std::vector<float> dx_buf;
   thread_local std::vector<int32_t> xc_buf;
-  const int64_t Mt = (M + 7) / 8 * 8;  // x is stored in tiles of 8 rows (qgemm_vnni.inc, xtile_index)
+  const int64_t Mt = M < 8 ? M : (M + 7) / 8 * 8;  // x in tiles of min(M, 8) rows (qgemm_vnni.inc, xtile_index)
   if (static_cast<int64_t>(xa_buf.size()) < Mt * K) xa_buf.resize(Mt * K);
   if (static_cast<int64_t>(dx_buf.size()) < Mt * nb) dx_buf.resize(Mt * nb);
   if (static_cast<int64_t>(xc_buf.size()) < Mt * nb) xc_buf.resize(Mt * nb);
@@ -90,7 +90,7 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
     int32_t* xc = xc_buf.data();
     pool.parallel_for(
         n_chunks,
-        [&](int64_t c) { t.q_gemm_prepare_x(f, x, K, c * chunk, std::min(M, (c + 1) * chunk), xa, dx, xc); },
+        [&](int64_t c) { t.q_gemm_prepare_x(f, x, M, K, c * chunk, std::min(M, (c + 1) * chunk), xa, dx, xc); },
         M * K < 16384 ? 1 : max_threads);
   }
   // Tasks of whole 16-row panels: at most ~256 KB of packed panels each (they stay in L2 while x's row
