@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from . import cpu as _cpu
 from . import ref
-from .quant import BLOCK, FORMATS, PANEL, PANEL_ROWS, QuantizedWeight, dequantize, quantize, repack, unpack
+from .quant import BLOCK, FORMATS, PANEL_ROWS, QuantizedWeight, dequantize, quantize, repack, unpack
 
 __all__ = [
     "BLOCK",

@@ -21,6 +21,7 @@ import kernels
 from kernels import cpu as kcpu
 from kernels.bench_linear import LM_HEAD, PROJECTIONS, best_time
 
+
 def formats() -> tuple[str, ...]:
     panels = ("q8_0x16", "q5_0x16") if kernels.panel_kernels() else ()
     return ("q8_0", "q5_0", *panels, "affine4")

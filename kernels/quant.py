@@ -44,7 +44,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-# format -> number of consecutive K values sharing one scale (and bias)
+# format -> number of consecutive K values sharing one scale (and bias); for the panel formats, the unit
+# K must be a multiple of (their blocks keep the row format's scale per 32 values)
 BLOCK: dict[str, int] = {"q8_0": 32, "q5_0": 32, "affine4": 64, "q8_0x16": 32, "q5_0x16": 64}
 FORMATS: tuple[str, ...] = tuple(BLOCK)
 # panel format -> (the row format it repacks, bytes per unit of 16 rows x BLOCK values)
@@ -246,7 +247,9 @@ def repack(qw: QuantizedWeight, *, rows_per_chunk: int = 8192) -> QuantizedWeigh
             out = mx.concatenate([u, sc], axis=-1)
         else:
             nib = qw.q[rows].reshape(P, PANEL_ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(P, nb // 2, 512)
-            bits = _bits(qw.high[rows], 32).reshape(P, PANEL_ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)  # (P, nb, k, r, e)
+            bits = (
+                _bits(qw.high[rows], 32).reshape(P, PANEL_ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)
+            )  # (P, nb, k, r, e)
             masks = _pack_bits(bits.reshape(P, nb, 8, 64)).reshape(P, nb // 2, 128)
             out = mx.concatenate([nib, masks, sc.reshape(P, nb // 2, 64)], axis=-1)
         mx.eval(out)

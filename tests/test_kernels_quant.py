@@ -348,7 +348,10 @@ def test_panel_byte_layout_is_the_documented_one():
     for p, t, h, j, r, e in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 3, 15, 3), (0, 1, 0, 2, 7, 2)]:
         b = 2 * t + h
         assert p5[p, t, 256 * h + 64 * j + 4 * r + e] == nib[16 * p + r, 16 * b + 4 * j + e]
-        assert p5[p, t, 640 + 32 * h + 2 * r : 642 + 32 * h + 2 * r].tolist() == sc5[16 * p + r, 2 * b : 2 * b + 2].tolist()
+        assert (
+            p5[p, t, 640 + 32 * h + 2 * r : 642 + 32 * h + 2 * r].tolist()
+            == sc5[16 * p + r, 2 * b : 2 * b + 2].tolist()
+        )
     for p, t, h, k, r, e in [(0, 0, 0, 0, 0, 0), (1, 1, 1, 7, 15, 3), (0, 0, 1, 4, 6, 1), (1, 0, 0, 3, 11, 2)]:
         b = 2 * t + h
         mask = int.from_bytes(bytes(p5[p, t, 512 + 64 * h + 8 * k : 520 + 64 * h + 8 * k]), "little")

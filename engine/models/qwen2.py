@@ -74,7 +74,11 @@ class Attention:
                 fused = concat_rows([w[f"{n}.weight"] for n in names])
             if fused is not None:
                 sizes = [w.pop(f"{n}.weight").shape[0] for n in names]
-                self.fused = (kernels.for_backend(fused, backend), mx.concatenate([w[f"{n}.bias"] for n in names]), sizes)
+                self.fused = (
+                    kernels.for_backend(fused, backend),
+                    mx.concatenate([w[f"{n}.bias"] for n in names]),
+                    sizes,
+                )
             _to_backend_layout(w, backend)
 
     def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
