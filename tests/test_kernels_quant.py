@@ -449,3 +449,14 @@ def test_panel_formats_on_an_isa_without_them_say_so():
             mx.eval(kernels.quantized_linear(mx.ones((1, 64)), qw, backend="cpu"))
     finally:
         ext.set_isa(before)
+
+
+def test_engine_info_names_the_weight_layout(capsys):
+    """`python -m engine info` says which layout the quantized weights are kept in, as the loader picks it."""
+    from engine.__main__ import main
+    from engine.loader.load import _layout
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    want = "16-row panels" if _layout(None) == "panels" else "rows ("
+    assert f"quantized weights (q8_0, q5_0) are stored as: {want}" in out
