@@ -76,6 +76,11 @@ struct QGemvArgs {
   const int8_t* xq2 = nullptr;
 };
 
+// The int8 GEMM keeps x in tiles of this many rows (fewer when M is smaller), block-major inside a tile
+// (qgemm_vnni.inc: xtile_index); its buffers hold ceil(M / R) * R rows.
+constexpr int64_t kXTileRows = 8;
+inline int64_t xtile_rows(int64_t M) { return M < kXTileRows ? M : kXTileRows; }
+
 // Arguments of the int8 GEMM (Q8_0 / Q5_0 weights, x rounded to Q8_0 blocks; qgemm_vnni.inc).
 struct QGemmArgs {
   QFormat f;               // Q8_0, Q5_0, Q8_0_X16 or Q5_0_X16

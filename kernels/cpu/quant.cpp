@@ -78,7 +78,7 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
   thread_local std::vector<int8_t> xa_buf;
   thread_local std::vector<float> dx_buf;
   thread_local std::vector<int32_t> xc_buf;
-  const int64_t Mt = M < 8 ? M : (M + 7) / 8 * 8;  // x in tiles of min(M, 8) rows (qgemm_vnni.inc, xtile_index)
+  const int64_t R = xtile_rows(M), Mt = (M + R - 1) / R * R;  // x in tiles of R rows (kernel_table.h)
   if (static_cast<int64_t>(xa_buf.size()) < Mt * K) xa_buf.resize(Mt * K);
   if (static_cast<int64_t>(dx_buf.size()) < Mt * nb) dx_buf.resize(Mt * nb);
   if (static_cast<int64_t>(xc_buf.size()) < Mt * nb) xc_buf.resize(Mt * nb);
@@ -292,6 +292,8 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
     throw std::invalid_argument("quantized_linear: K = " + std::to_string(K) + " must be a positive multiple of " +
                                 std::to_string(block) + " for " + format);
   }
+  int64_t N;
+  std::vector<const mx::array*> weights = {&q};  // the weight's arrays, in the order eval_cpu reads them
   if (is_panel(f)) {  // one uint8 array (N/16, units, unit bytes); nothing else
     const int64_t units = f == QFormat::Q8_0_X16 ? K / kQ8Block : K / (2 * kQ8Block);
     const int64_t unit = f == QFormat::Q8_0_X16 ? kQ8PanelUnit : kQ5PanelUnit;
@@ -300,40 +302,36 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
                                   ", " + std::to_string(unit) + "), got " + shape_str(q));
     }
     if (scales || biases || high) throw std::invalid_argument("quantized_linear: " + format + " takes q only");
-    const int64_t N = q.shape(0) * kPanelRows;
-    if (b && (b->ndim() != 1 || b->shape(0) != N || b->dtype() != mx::float32)) {
-      throw std::invalid_argument("quantized_linear: b must be float32 (N,) = (" + std::to_string(N) + ",), got " +
-                                  shape_str(*b));
-    }
-    const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
-    std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st)};
-    if (b) inputs.push_back(mx::contiguous(*b, false, st));
-    return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
-                     std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
-  }
-  if (!scales) throw std::invalid_argument("quantized_linear: " + format + " needs scales");
-  if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
-  const int64_t N = q.shape(0);
-  if (f == QFormat::Q8_0) {
-    if (q.dtype() != mx::int8) throw std::invalid_argument("quantized_linear: q8_0 q must be int8");
-    expect_shape("q", q, N, K);
-    if (biases) throw std::invalid_argument("quantized_linear: q8_0 takes no biases");
-  } else if (f == QFormat::Q5_0) {
-    if (q.dtype() != mx::uint8) throw std::invalid_argument("quantized_linear: q5_0 q must be uint8");
-    expect_shape("q", q, N, K / 2);
-    if (biases) throw std::invalid_argument("quantized_linear: q5_0 takes no biases");
-    if (!high) throw std::invalid_argument("quantized_linear: q5_0 needs high (the fifth bits)");
-    if (high->dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: high must be uint32");
-    expect_shape("high", *high, N, K / block);
+    N = q.shape(0) * kPanelRows;
   } else {
-    if (q.dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: affine4 q must be uint32");
-    expect_shape("q", q, N, K / 8);
-    if (!biases) throw std::invalid_argument("quantized_linear: affine4 needs biases");
-    if (biases->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: biases must be float16");
-    expect_shape("biases", *biases, N, K / block);
+    if (!scales) throw std::invalid_argument("quantized_linear: " + format + " needs scales");
+    if (q.ndim() != 2) throw std::invalid_argument("quantized_linear: q must be 2-D, got " + shape_str(q));
+    N = q.shape(0);
+    if (f == QFormat::Q8_0) {
+      if (q.dtype() != mx::int8) throw std::invalid_argument("quantized_linear: q8_0 q must be int8");
+      expect_shape("q", q, N, K);
+      if (biases) throw std::invalid_argument("quantized_linear: q8_0 takes no biases");
+    } else if (f == QFormat::Q5_0) {
+      if (q.dtype() != mx::uint8) throw std::invalid_argument("quantized_linear: q5_0 q must be uint8");
+      expect_shape("q", q, N, K / 2);
+      if (biases) throw std::invalid_argument("quantized_linear: q5_0 takes no biases");
+      if (!high) throw std::invalid_argument("quantized_linear: q5_0 needs high (the fifth bits)");
+      if (high->dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: high must be uint32");
+      expect_shape("high", *high, N, K / block);
+    } else {
+      if (q.dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: affine4 q must be uint32");
+      expect_shape("q", q, N, K / 8);
+      if (!biases) throw std::invalid_argument("quantized_linear: affine4 needs biases");
+      if (biases->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: biases must be float16");
+      expect_shape("biases", *biases, N, K / block);
+    }
+    if (f != QFormat::Q5_0 && high) throw std::invalid_argument("quantized_linear: only q5_0 takes high");
+    if (scales->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
+    expect_shape("scales", *scales, N, K / block);
+    weights.push_back(&*scales);
+    if (biases) weights.push_back(&*biases);
+    if (high) weights.push_back(&*high);
   }
-  if (scales->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
-  expect_shape("scales", *scales, N, K / block);
   if (b) {
     if (b->ndim() != 1 || b->shape(0) != N) {
       throw std::invalid_argument("quantized_linear: b must be (N,) = (" + std::to_string(N) + ",), got " +
@@ -342,11 +340,8 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
     if (b->dtype() != mx::float32) throw std::invalid_argument("quantized_linear: b must be float32");
   }
   const mx::Stream st = mx::to_stream(s, mx::Device::cpu);
-  std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(q, false, st),
-                                   mx::contiguous(*scales, false, st)};
-  if (biases) inputs.push_back(mx::contiguous(*biases, false, st));
-  if (f == QFormat::Q5_0) inputs.push_back(mx::contiguous(*high, false, st));
-  if (f != QFormat::Q5_0 && high) throw std::invalid_argument("quantized_linear: only q5_0 takes high");
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, st)};
+  for (const mx::array* w : weights) inputs.push_back(mx::contiguous(*w, false, st));
   if (b) inputs.push_back(mx::contiguous(*b, false, st));
   return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
                    std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
