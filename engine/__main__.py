@@ -65,7 +65,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for op in kernels.OPS:
         backend = kernels.backend_for(op)
         print(f"  {op:22s} {backend}{isa if backend == 'cpu' else ''}")
-    panels = kernels.backend_for("quantized_linear") == "cpu" and kernels.panel_kernels()
+    panels = kernels.reads_panels()
     layout = "16-row panels (q8_0x16, q5_0x16)" if panels else "rows (this ISA's kernels read no panels)"
     print(f"quantized weights (q8_0, q5_0) are stored as: {layout}")
     return 0

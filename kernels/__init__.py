@@ -42,6 +42,7 @@ __all__ = [
     "panel_kernels",
     "quantize",
     "quantized_linear",
+    "reads_panels",
     "repack",
     "rms_norm",
     "rope",
@@ -200,13 +201,17 @@ def panel_kernels() -> bool:
     return ext is not None and bool(ext.panel_kernels())
 
 
+def reads_panels(backend: str | None = None) -> bool:
+    """Whether `quantized_linear` on `backend` (None = the default one) reads the panel formats: it runs
+    on the cpu kernels and those have the int8 GEMM (`panel_kernels`)."""
+    return (backend or backend_for("quantized_linear")) == "cpu" and panel_kernels()
+
+
 def for_backend(qw: QuantizedWeight, backend: str | None = None) -> QuantizedWeight:
     """The layout `quantized_linear` reads fastest on `backend` (None = the default one): q8_0 / q5_0
     repacked into 16-row panels (`repack`) where the cpu kernels read them and the shape allows
     (N % 16 == 0, K % 64 == 0 for q5_0); anything else unchanged. Exact: the same blocks, reordered."""
-    if not isinstance(qw, QuantizedWeight) or qw.format not in ("q8_0", "q5_0"):
-        return qw
-    if (backend or backend_for("quantized_linear")) != "cpu" or not panel_kernels():
+    if not isinstance(qw, QuantizedWeight) or qw.format not in ("q8_0", "q5_0") or not reads_panels(backend):
         return qw
     N, K = qw.shape
     panel = qw.format + "x16"

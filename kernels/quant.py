@@ -145,11 +145,25 @@ def _q5_blocks(blocks: mx.array) -> tuple[mx.array, mx.array]:
     return q, d
 
 
+def _bits(words: mx.array, n: int) -> mx.array:
+    """Unsigned words (...) -> their n low bits (..., n) as 0/1 of the words' dtype, lowest first."""
+    return (words[..., None] >> mx.arange(n, dtype=words.dtype)) & 1
+
+
+def _word(bits: mx.array) -> mx.array:
+    """0/1 bits (..., n), n <= 32 -> uint32 words (...), bit i = bits[..., i] (the inverse of _bits)."""
+    return mx.sum(bits.astype(mx.uint32) << mx.arange(bits.shape[-1], dtype=mx.uint32), axis=-1).astype(mx.uint32)
+
+
+def _pack_bits(bits: mx.array) -> mx.array:
+    """0/1 bits (..., 8n) -> bytes (..., n), bit i of byte j = bits[8j + i] (little-endian words)."""
+    return _word(bits.reshape(*bits.shape[:-1], -1, 8)).astype(mx.uint8)
+
+
 def _pack_q5(q: mx.array) -> tuple[mx.array, mx.array]:
     """q (..., 32) int32 in [0, 31] -> (nibbles (..., 16) uint8, fifth bits (...,) uint32)."""
     nib = (q[..., :16] & 0xF) | ((q[..., 16:] & 0xF) << 4)
-    bits = ((q >> 4) & 1).astype(mx.uint32) << mx.arange(32, dtype=mx.uint32)
-    return nib.astype(mx.uint8), mx.sum(bits, axis=-1).astype(mx.uint32)
+    return nib.astype(mx.uint8), _word((q >> 4) & 1)
 
 
 def round_activations_q8(x: mx.array) -> mx.array:
@@ -211,17 +225,6 @@ def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedW
     return qw
 
 
-def _bits(words: mx.array, n: int) -> mx.array:
-    """Unsigned words (...) -> their n low bits (..., n) as uint8 0/1, lowest first."""
-    return ((words[..., None] >> mx.arange(n, dtype=words.dtype)) & 1).astype(mx.uint8)
-
-
-def _pack_bits(bits: mx.array) -> mx.array:
-    """0/1 bits (..., 8n) -> bytes (..., n), bit i of byte j = bits[8j + i] (little-endian words)."""
-    b = bits.reshape(*bits.shape[:-1], -1, 8).astype(mx.uint32) << mx.arange(8, dtype=mx.uint32)
-    return mx.sum(b, axis=-1).astype(mx.uint8)
-
-
 def repack(qw: QuantizedWeight, *, rows_per_chunk: int = 8192) -> QuantizedWeight:
     """q8_0 -> q8_0x16, q5_0 -> q5_0x16 (the module docstring's layout; exact, `unpack` undoes it).
 
@@ -234,7 +237,7 @@ def repack(qw: QuantizedWeight, *, rows_per_chunk: int = 8192) -> QuantizedWeigh
     N, K = qw.shape
     if N % PANEL_ROWS or K % BLOCK[panel]:
         raise ValueError(f"repack: {panel} needs N % {PANEL_ROWS} == 0 and K % {BLOCK[panel]} == 0, got {qw.shape}")
-    nb = K // 32
+    nb = K // BLOCK["q8_0"]
     chunks = []
     for r0 in range(0, N, rows_per_chunk):  # bounded temporaries (the 151936-row head)
         rows = slice(r0, r0 + rows_per_chunk)
@@ -247,9 +250,8 @@ def repack(qw: QuantizedWeight, *, rows_per_chunk: int = 8192) -> QuantizedWeigh
             out = mx.concatenate([u, sc], axis=-1)
         else:
             nib = qw.q[rows].reshape(P, PANEL_ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(P, nb // 2, 512)
-            bits = (
-                _bits(qw.high[rows], 32).reshape(P, PANEL_ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)
-            )  # (P, nb, k, r, e)
+            bits = _bits(qw.high[rows], 32).reshape(P, PANEL_ROWS, nb, 8, 4)
+            bits = bits.transpose(0, 2, 3, 1, 4)  # (P, nb, k, r, e)
             masks = _pack_bits(bits.reshape(P, nb, 8, 64)).reshape(P, nb // 2, 128)
             out = mx.concatenate([nib, masks, sc.reshape(P, nb // 2, 64)], axis=-1)
         mx.eval(out)
@@ -266,7 +268,7 @@ def unpack(qw: QuantizedWeight) -> QuantizedWeight:
         return qw
     qw.validate()
     N, K = qw.shape
-    P, nb = N // PANEL_ROWS, K // 32
+    P, nb = N // PANEL_ROWS, K // BLOCK["q8_0"]
     if qw.format == "q8_0x16":
         units = qw.q  # (P, nb, 544)
         u = units[..., :512].reshape(P, nb, 8, PANEL_ROWS, 4).transpose(0, 3, 1, 2, 4)  # (P, r, nb, k, e)
@@ -278,8 +280,7 @@ def unpack(qw: QuantizedWeight) -> QuantizedWeight:
         nib = units[..., :512].reshape(P, nb, 4, PANEL_ROWS, 4).transpose(0, 3, 1, 2, 4)  # (P, r, nb, j, e)
         q = nib.reshape(N, K // 2)
         bits = _bits(units[..., 512:640].reshape(P, nb, 8, 8), 8).reshape(P, nb, 8, PANEL_ROWS, 4)
-        bits = bits.transpose(0, 3, 1, 2, 4).reshape(N, nb, 32).astype(mx.uint32)  # value i's bit
-        high = mx.sum(bits << mx.arange(32, dtype=mx.uint32), axis=-1).astype(mx.uint32)
+        high = _word(bits.transpose(0, 3, 1, 2, 4).reshape(N, nb, 32))  # bit i = value i's fifth bit
         sc = units[..., 640:]
     sc = sc.reshape(P, nb, PANEL_ROWS, 2).transpose(0, 2, 1, 3).reshape(N, nb * 2).view(mx.float16)
     out = QuantizedWeight(PANEL[qw.format][0], (N, K), q, sc, high=high)
@@ -299,7 +300,7 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
     if qw.format == "q5_0":
         nib = qw.q.reshape(N, K // bs, bs // 2)  # (N, K/32, 16)
         low = mx.concatenate([nib & 0xF, nib >> 4], axis=-1).astype(mx.uint32)  # values 0..15, 16..31
-        bits = (qw.high[..., None] >> mx.arange(32, dtype=mx.uint32)) & 1  # (N, K/32, 32)
+        bits = _bits(qw.high, 32)  # (N, K/32, 32)
         q = (low | (bits << 4)).astype(mx.float32) - 16.0
         return (q * qw.scales.astype(mx.float32)[..., None]).reshape(N, K)
     # affine4: unpack 8 nibbles per uint32, lowest bits first
@@ -333,8 +334,9 @@ __all__ = [
     "BLOCK",
     "FORMATS",
     "QuantizedWeight",
-    "concat_rows",
     "PANEL",
+    "PANEL_ROWS",
+    "concat_rows",
     "dequantize",
     "quantize",
     "repack",

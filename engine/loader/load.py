@@ -61,9 +61,7 @@ def _layout(backend: str | None) -> str:
     where they run on the cpu kernels and those read them (AVX-512 VNNI), else the row layout."""
     import kernels
 
-    if backend == "ref" or (backend or kernels.backend_for("quantized_linear")) != "cpu":
-        return "rows"
-    return "panels" if kernels.panel_kernels() else "rows"
+    return "panels" if kernels.reads_panels(backend) else "rows"
 
 
 def load_model(

@@ -220,16 +220,17 @@ def quantize_weights(
     source = {n: weights.get(n, embed) for n in linear_weight_names(weights, tied)}
     wanted = {n for n, w in source.items() if w.shape[1] % block == 0}
     qws = None
-    if folder is not None and layout != "rows":
-        qws = _read_cache(cache_file(folder, mode, layout), mode, source_fingerprint(folder), layout)
+    fingerprint = source_fingerprint(folder) if folder is not None else None
+    if fingerprint is not None and layout != "rows":
+        qws = _read_cache(cache_file(folder, mode, layout), mode, fingerprint, layout)
         if qws is not None and set(qws) != wanted:
             qws = None
     if qws is None:
-        qws = _row_weights(mode, folder=folder, wanted=wanted, source=source)
+        qws = _row_weights(mode, folder=folder, fingerprint=fingerprint, wanted=wanted, source=source)
         if layout != "rows":
             qws = {n: kernels.for_backend(qw, "cpu") for n, qw in qws.items()}
-            if folder is not None:
-                _write_cache(cache_file(folder, mode, layout), mode, source_fingerprint(folder), qws, layout)
+            if fingerprint is not None:
+                _write_cache(cache_file(folder, mode, layout), mode, fingerprint, qws, layout)
     out: dict[str, mx.array | QuantizedWeight] = {k: v for k, v in weights.items() if k not in qws}
     if tied and "lm_head.weight" not in qws:
         out.pop("lm_head.weight", None)  # the embedding stays the head
@@ -237,11 +238,12 @@ def quantize_weights(
     return out
 
 
-def _row_weights(mode: str, *, folder: Path | None, wanted: set, source: dict) -> dict[str, QuantizedWeight]:
+def _row_weights(
+    mode: str, *, folder: Path | None, fingerprint: str | None, wanted: set, source: dict
+) -> dict[str, QuantizedWeight]:
     """The quantized weights in the row layout: from the on-disk copy, or built (and stored)."""
     qws = None
     if folder is not None:
-        fingerprint = source_fingerprint(folder)
         qws = _read_cache(cache_file(folder, mode), mode, fingerprint)
         if qws is not None and set(qws) != wanted:
             qws = None
