@@ -42,14 +42,18 @@ class ModelRunner:
         """Bytes of the buffers behind `slot` (dense caches grow in steps of 256 tokens)."""
         return sum(c.nbytes for c in self._caches.get(slot, [])) if slot is not None else 0
 
+    def _batch_cache(self, seqs: list[Sequence]) -> list[BatchKVCache]:
+        """Per layer, the sequences' own caches of that layer as one batch (row b = seqs[b])."""
+        per_seq = [self.cache(s.slot) for s in seqs]
+        return [BatchKVCache([c[i] for c in per_seq]) for i in range(len(per_seq[0]))]
+
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
         """Feed each sequence its last sampled token in one batched forward; logits (B, V) float32."""
         ids = mx.array([[s.next_input] for s in seqs])  # (B, 1)
         if len(seqs) == 1:
             cache = self.cache(seqs[0].slot)
         else:
-            per_seq = [self.cache(s.slot) for s in seqs]
-            cache = [BatchKVCache([c[i] for c in per_seq]) for i in range(len(per_seq[0]))]
+            cache = self._batch_cache(seqs)
         logits = self.model(ids, cache, last_only=True)  # (B, 1, V)
         mx.eval(logits)
         for s in seqs:
@@ -62,8 +66,7 @@ class ModelRunner:
         if len(seqs) == 1:
             return [self.prefill(seqs[0], n)]
         ids = mx.array([s.prompt_ids[s.num_cached : s.num_cached + n] for s in seqs])  # (B, n)
-        per_seq = [self.cache(s.slot) for s in seqs]
-        cache = [BatchKVCache([c[i] for c in per_seq]) for i in range(len(per_seq[0]))]
+        cache = self._batch_cache(seqs)
         last = [s.num_cached + n == len(s.prompt_ids) for s in seqs]
         if any(last):
             out = self.model(ids, cache, last_only=True)  # (B, 1, V)
