@@ -6,7 +6,11 @@
 //   S = Qs K_tile^T (Qs pre-scaled)        scores of the tile, (R, kKeyTile)
 //   m' = max(m, rowmax S);  P = exp(S - m'); l = l e^(m - m') + rowsum P;  O = O e^(m - m') + P V_tile
 // and finally out = O / l. Keys a row may not see (past its kv length, or its future when causal)
-// get P = 0; tiles past the last visible key of the block are never read. Memory: O(R x (D + tile)).
+// get P = 0; tiles past the last visible key of the block are never read. An additive mask is added
+// to S for the keys those rules leave visible, in the ISA-independent driver before the tile kernels
+// take the max (so every ISA sees the same masked scores): a score of -inf gives P = 0 in every exp
+// kernel, and a row whose visible scores are all -inf so far is skipped, keeping m = -inf (no
+// exp(-inf - -inf)). Memory: O(R x (D + tile)).
 // Tasks are handed out heaviest first (causal: the last query blocks see the most keys).
 //
 // Rules it keeps (see also linear.cpp):
@@ -317,6 +321,9 @@ struct AttnArgs {
   int64_t B, H, Hkv, L, S, D;
   int64_t qs[3], ks[3], vs[3];  // element strides of axes (batch, head, position); the last axis is 1
   const int32_t* kv_len;        // (B,) or null (= S)
+  // Additive mask, (B, H, L, S) read through its element strides ms (0 on broadcast axes), or null.
+  const float* mask = nullptr;
+  int64_t ms[4] = {0, 0, 0, 0};
   float scale;
   bool causal;
   int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
@@ -377,7 +384,20 @@ static void attn_task(const AttnArgs& a, int64_t task) {
         std::fill(s, s + kn, 0.0f);
         continue;
       }
+      if (a.mask) {  // row r = (head hk * G + r / nq, query i0 + r % nq)
+        const float* mr = a.mask + b * a.ms[0] + (hk * G + r / nq) * a.ms[1] + (i0 + r % nq) * a.ms[2] +
+                          t0 * a.ms[3];
+        if (a.ms[3] == 1) {  // contiguous keys (the usual case): a loop the compiler vectorizes
+          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j];
+        } else {
+          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j * a.ms[3]];
+        }
+      }
       const float m_new = std::max(m[r], K::row_max(s, vis));
+      if (m_new == kNegInf) {  // every visible key so far is masked to -inf: nothing to add (O, l are 0)
+        std::fill(s, s + kn, 0.0f);
+        continue;
+      }
       const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
       l[r] = l[r] * alpha + K::exp_row(s, vis, kn, m_new);
       m[r] = m_new;
@@ -458,7 +478,8 @@ static std::string shape_str(const mx::array& a) {
 }
 
 mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
-                          bool causal, const std::optional<mx::array>& kv_lengths, mx::StreamOrDevice s) {
+                          bool causal, const std::optional<mx::array>& kv_lengths,
+                          const std::optional<mx::array>& mask, mx::StreamOrDevice s) {
   const std::string fa = "flash_attention: ";
   if (q.ndim() != 4) throw std::invalid_argument(fa + "q must be (B, H, L, D), got " + shape_str(q));
   if (k.ndim() != 4) throw std::invalid_argument(fa + "k must be (B, H_kv, S, D), got " + shape_str(k));
@@ -489,8 +510,22 @@ mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::arra
     }
     inputs.push_back(mx::contiguous(mx::astype(*kv_lengths, mx::int32, st), false, st));
   }
+  if (mask) {
+    const int S = k.shape(2);
+    if (mask->ndim() != 4 || mask->shape(0) != B || mask->shape(1) != H || mask->shape(2) != L ||
+        mask->shape(3) != S) {
+      throw std::invalid_argument(fa + "mask must be (B, H, L, S) = (" + std::to_string(B) + ", " +
+                                  std::to_string(H) + ", " + std::to_string(L) + ", " + std::to_string(S) +
+                                  ") (broadcast it first: a view is not copied), got " + shape_str(*mask));
+    }
+    if (mask->dtype() != mx::float32) {
+      throw std::invalid_argument(fa + "mask must be float32 (additive: turn a boolean mask into 0 / -inf first)");
+    }
+    inputs.push_back(*mask);  // as is: read through its strides, so a broadcast view is never expanded
+  }
   mx::array out(mx::Shape{B, L, H, D}, mx::float32,
-                std::make_shared<FlashAttention>(st, scale, causal, kv_lengths.has_value()), std::move(inputs));
+                std::make_shared<FlashAttention>(st, scale, causal, kv_lengths.has_value(), mask.has_value()),
+                std::move(inputs));
   return mx::transpose(out, {0, 2, 1, 3}, st);  // (B, H, L, D) view of the (B, L, H, D) buffer
 }
 
@@ -540,6 +575,11 @@ void FlashAttention::eval_cpu(const std::vector<mx::array>& inputs, std::vector<
   a.S = k.shape(2);
   a.out = out.data<float>();
   a.kv_len = has_lengths_ ? inputs[3].data<int32_t>() : nullptr;
+  if (has_mask_) {
+    const mx::array& mk = inputs[has_lengths_ ? 4 : 3];
+    a.mask = mk.data<float>();
+    for (int i = 0; i < 4; ++i) a.ms[i] = mk.strides()[i];
+  }
   a.scale = scale_;
   a.causal = causal_;
   // Strides are read here (the inputs are evaluated); the rare copies happen inside the task.
@@ -572,7 +612,8 @@ void FlashAttention::eval_gpu(const std::vector<mx::array>&, std::vector<mx::arr
 
 bool FlashAttention::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const FlashAttention*>(&other);
-  return o != nullptr && o->scale_ == scale_ && o->causal_ == causal_ && o->has_lengths_ == has_lengths_;
+  return o != nullptr && o->scale_ == scale_ && o->causal_ == causal_ && o->has_lengths_ == has_lengths_ &&
+         o->has_mask_ == has_mask_;
 }
 
 std::vector<mx::Shape> FlashAttention::output_shapes(const std::vector<mx::array>& inputs) {
@@ -797,7 +838,7 @@ std::vector<mx::Shape> SwiGLU::output_shapes(const std::vector<mx::array>& input
 // ---- rope
 
 mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset, const std::optional<mx::array>& offsets,
-               mx::StreamOrDevice s) {
+               bool traditional, mx::StreamOrDevice s) {
   if (x.ndim() != 4) throw std::invalid_argument("rope: x must be 4-D (B, L, H, D), got " + shape_str(x));
   const int D = x.shape(3);
   if (D % 2) throw std::invalid_argument("rope: the head dimension must be even, got " + std::to_string(D));
@@ -818,7 +859,7 @@ mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset, const 
     inputs.push_back(mx::contiguous(mx::astype(*offsets, mx::int32, st), false, st));
   }
   return mx::array(mx::Shape{x.shape(0), x.shape(2), x.shape(1), D}, mx::float32,
-                   std::make_shared<RoPE>(st, offset, offsets.has_value()), std::move(inputs));
+                   std::make_shared<RoPE>(st, offset, offsets.has_value(), traditional), std::move(inputs));
 }
 
 void RoPE::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -830,9 +871,11 @@ void RoPE::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>
   float* yp = out.data<float>();
   const int64_t B = inputs[0].shape(0), L = inputs[0].shape(1), H = inputs[0].shape(2), D = inputs[0].shape(3);
   const int64_t offset = offset_;
+  const bool traditional = traditional_;
   enc.dispatch([=]() {
     const int64_t half = D / 2;
     // One task per (b, l): its angles once, then every head; ~64 KB of output per task at least.
+    // Plain loops, the same for every ISA (set_isa does not switch them).
     const int64_t per = std::max<int64_t>(1, 16384 / std::max<int64_t>(H * D, 1));
     const int64_t n_tasks = (B * L + per - 1) / per;
     ThreadPool::global().parallel_for(
@@ -850,10 +893,18 @@ void RoPE::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>
             for (int64_t h = 0; h < H; ++h) {
               const float* x = xp + ((b * L + l) * H + h) * D;
               float* y = yp + ((b * H + h) * L + l) * D;
-              for (int64_t i = 0; i < half; ++i) {
-                const float x1 = x[i], x2 = x[i + half];
-                y[i] = x1 * c[i] - x2 * sn[i];
-                y[i + half] = x2 * c[i] + x1 * sn[i];
+              if (traditional) {  // pair i = (2i, 2i + 1)
+                for (int64_t i = 0; i < half; ++i) {
+                  const float x1 = x[2 * i], x2 = x[2 * i + 1];
+                  y[2 * i] = x1 * c[i] - x2 * sn[i];
+                  y[2 * i + 1] = x2 * c[i] + x1 * sn[i];
+                }
+              } else {  // pair i = (i, i + D/2)
+                for (int64_t i = 0; i < half; ++i) {
+                  const float x1 = x[i], x2 = x[i + half];
+                  y[i] = x1 * c[i] - x2 * sn[i];
+                  y[i + half] = x2 * c[i] + x1 * sn[i];
+                }
               }
             }
           }
@@ -868,7 +919,7 @@ void RoPE::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
 
 bool RoPE::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const RoPE*>(&other);
-  return o != nullptr && o->offset_ == offset_ && o->per_row_ == per_row_;
+  return o != nullptr && o->offset_ == offset_ && o->per_row_ == per_row_ && o->traditional_ == traditional_;
 }
 
 std::vector<mx::Shape> RoPE::output_shapes(const std::vector<mx::array>& inputs) {

@@ -6,7 +6,9 @@
 //  * flash_attention never materializes the (L, S) score matrix: it walks the keys in tiles of
 //    kKeyTile with an online softmax, so its scratch memory is O(rows x (D + tile)) per thread.
 //  * It reads q, k and v through their strides (only the last axis must be contiguous), so a cache
-//    buffer sliced to its filled length is not copied; the output is written (B, L, H, D) and handed
+//    buffer sliced to its filled length is not copied, and the additive mask through all four of its
+//    strides, so a mask broadcast to (B, H, L, S) stays the small array it came from (stride 0 on the
+//    broadcast axes); the output is written (B, L, H, D) and handed
 //    back as a transposed (B, H, L, D) view, so the usual `.transpose(0, 2, 1, 3).reshape(...)` after
 //    attention is free.
 //  * Primitives run on the CPU stream only; eval_gpu throws. All threading is tiny_llm::ThreadPool.
@@ -26,10 +28,12 @@ namespace mx = mlx::core;
 // softmax(q k^T * scale + mask) v. q: (B, H, L, D), k, v: (B, H_kv, S, D) float32, H % H_kv == 0;
 // kv_lengths: (B,) integer or none (= S for every row). Row b's query i sits at position
 // kv_lengths[b] - L + i and sees keys j < kv_lengths[b] (and j <= its position when causal).
-// A query that sees no key gets zeros. Returns (B, H, L, D) float32.
+// mask: none or float32 (B, H, L, S), any strides (a broadcast view reads as one): added to the scaled
+// scores of the keys those rules leave visible; -inf hides a key. A query that sees no key (or only
+// keys at -inf) gets zeros. Returns (B, H, L, D) float32.
 mx::array flash_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                           bool causal, const std::optional<mx::array>& kv_lengths,
-                          mx::StreamOrDevice s = {});
+                          const std::optional<mx::array>& mask = std::nullopt, mx::StreamOrDevice s = {});
 
 // One decode step of attention for B rows that each keep their own cache buffers (continuous batching):
 // row b's new key/value (k, v: (B, H_kv, 1, D)) are written at position lengths[b] of its buffers
@@ -49,16 +53,18 @@ mx::array rms_norm(const mx::array& x, const mx::array& w, float eps, mx::Stream
 // silu(gate) * up, elementwise. gate, up: same shape, float32.
 mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s = {});
 
-// Rotate-half RoPE fused with the (B, L, H, D) -> (B, H, L, D) transpose the attention needs.
+// RoPE fused with the (B, L, H, D) -> (B, H, L, D) transpose the attention needs.
 // x: (B, L, H, D) float32 (a linear layer's output, reshaped); inv_freq: (D/2,) float32; the position
-// of (b, l) is offset + l, or offsets[b] + l when offsets ((B,) int32) is given. Pair i = (i, i + D/2)
-// rotates by position * inv_freq[i]. Returns (B, H, L, D).
+// of (b, l) is offset + l, or offsets[b] + l when offsets ((B,) int32) is given. Pair i rotates by
+// position * inv_freq[i]: pair (i, i + D/2) (rotate-half, Qwen2) or, when traditional, the adjacent
+// pair (2i, 2i + 1) (RoFormer / LLaMA-1). Returns (B, H, L, D).
 mx::array rope(const mx::array& x, const mx::array& inv_freq, int offset,
-               const std::optional<mx::array>& offsets, mx::StreamOrDevice s = {});
+               const std::optional<mx::array>& offsets, bool traditional = false, mx::StreamOrDevice s = {});
 
 class RoPE : public mx::Primitive {
  public:
-  RoPE(mx::Stream stream, int offset, bool per_row) : mx::Primitive(stream), offset_(offset), per_row_(per_row) {}
+  RoPE(mx::Stream stream, int offset, bool per_row, bool traditional)
+      : mx::Primitive(stream), offset_(offset), per_row_(per_row), traditional_(traditional) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "TinyLLMRoPE"; }
@@ -68,12 +74,13 @@ class RoPE : public mx::Primitive {
  private:
   int offset_;
   bool per_row_;
+  bool traditional_;
 };
 
 class FlashAttention : public mx::Primitive {
  public:
-  FlashAttention(mx::Stream stream, float scale, bool causal, bool has_lengths)
-      : mx::Primitive(stream), scale_(scale), causal_(causal), has_lengths_(has_lengths) {}
+  FlashAttention(mx::Stream stream, float scale, bool causal, bool has_lengths, bool has_mask)
+      : mx::Primitive(stream), scale_(scale), causal_(causal), has_lengths_(has_lengths), has_mask_(has_mask) {}
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   const char* name() const override { return "TinyLLMFlashAttention"; }
@@ -84,6 +91,7 @@ class FlashAttention : public mx::Primitive {
   float scale_;
   bool causal_;
   bool has_lengths_;
+  bool has_mask_;
 };
 
 class DecodeAttentionRows : public mx::Primitive {

@@ -38,19 +38,23 @@ NB_MODULE(_ext, m) {
       "high"_a = nb::none(),
       "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
       "(N, K/32); 'q5_0': q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32);\n"
-      "'affine4': q uint32 (N, K/8), scales/biases float16 (N, K/64); 'q8_0x16' / 'q5_0x16': q uint8\n"
-      "(N/16, K/32, 544) / (N/16, K/64, 704) only (AVX-512 VNNI) -> (M, N) float32. q8_0, q5_0 and\n"
-      "their panel formats round x to Q8_0 blocks (int8 dot products per block).");
+      "'affine4': q uint32 (N, K/8), scales/biases (N, K/64), both float16 or both float32 (read as\n"
+      "stored); 'q8_0x16' / 'q5_0x16': q uint8 (N/16, K/32, 544) / (N/16, K/64, 704) only (AVX-512\n"
+      "VNNI) -> (M, N) float32. q8_0, q5_0 and their panel formats round x to Q8_0 blocks (int8 dot\n"
+      "products per block).");
   m.def(
       "flash_attention",
       [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v, float scale,
-         bool causal, const std::optional<mlx::core::array>& kv_lengths) {
-        return tiny_llm::flash_attention(q, k, v, scale, causal, kv_lengths);
+         bool causal, const std::optional<mlx::core::array>& kv_lengths,
+         const std::optional<mlx::core::array>& mask) {
+        return tiny_llm::flash_attention(q, k, v, scale, causal, kv_lengths, mask);
       },
-      "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a = true, "kv_lengths"_a = nb::none(),
-      "softmax(q k^T * scale) v with an online softmax over key tiles (never (L, S) scores).\n"
+      "q"_a, "k"_a, "v"_a, "scale"_a, "causal"_a = true, "kv_lengths"_a = nb::none(), "mask"_a = nb::none(),
+      "softmax(q k^T * scale + mask) v with an online softmax over key tiles (never (L, S) scores).\n"
       "q: (B, H, L, D), k, v: (B, H_kv, S, D) float32; kv_lengths: (B,) int or None. Query i of row b\n"
       "sits at position kv_lengths[b] - L + i and sees keys j < kv_lengths[b] (j <= position if causal).\n"
+      "mask: float32 (B, H, L, S) or None, any strides (pass mx.broadcast_to's view: it is not expanded),\n"
+      "added to the scaled scores of the keys the rules above leave visible; -inf hides a key.\n"
       "A query that sees no key gets zeros. Returns (B, H, L, D) (a view of a (B, L, H, D) buffer).");
   m.def(
       "decode_attention_rows",
@@ -75,10 +79,13 @@ NB_MODULE(_ext, m) {
   m.def(
       "rope",
       [](const mlx::core::array& x, const mlx::core::array& inv_freq, int offset,
-         const std::optional<mlx::core::array>& offsets) { return tiny_llm::rope(x, inv_freq, offset, offsets); },
-      "x"_a, "inv_freq"_a, "offset"_a = 0, "offsets"_a = nb::none(),
-      "Rotate-half RoPE fused with the transpose to attention layout. x: (B, L, H, D) float32, inv_freq:\n"
-      "(D/2,) float32; position of (b, l) = offset + l, or offsets[b] + l -> (B, H, L, D).");
+         const std::optional<mlx::core::array>& offsets, bool traditional) {
+        return tiny_llm::rope(x, inv_freq, offset, offsets, traditional);
+      },
+      "x"_a, "inv_freq"_a, "offset"_a = 0, "offsets"_a = nb::none(), "traditional"_a = false,
+      "RoPE fused with the transpose to attention layout. x: (B, L, H, D) float32, inv_freq: (D/2,)\n"
+      "float32; position of (b, l) = offset + l, or offsets[b] + l -> (B, H, L, D). Pair i rotates by\n"
+      "position * inv_freq[i]: (i, i + D/2) (rotate-half), or (2i, 2i + 1) when traditional.");
   m.def("cpu_isa", &tiny_llm::cpu_isa, "Instruction set the kernels dispatch to: avx512, avx2 or generic.");
   m.def("supported_isas", &tiny_llm::supported_isas, "ISAs this CPU and build can run, best first.");
   m.def("set_isa", &tiny_llm::set_isa, "name"_a, "Force the kernels onto one supported ISA (tests).");

@@ -24,8 +24,8 @@ struct GemmArgs {
 // Quantized weight formats (see kernels/quant.py for the layouts).
 //   Q8_0:    q int8 (N, K), scales fp16 (N, K/32): w = d * q per block of 32.
 //   AFFINE4: q uint32 (N, K/8) = mlx.quantize layout (value i of a word at bits 4i..4i+3, so byte j
-//            of a row holds values 2j (low nibble) and 2j+1 (high nibble)), scales and biases fp16
-//            (N, K/64): w = scale * q + bias per group of 64.
+//            of a row holds values 2j (low nibble) and 2j+1 (high nibble)), scales and biases (N, K/64)
+//            both fp16 or both float32: w = scale * q + bias per group of 64.
 //   Q5_0:    GGML's Q5_0 blocks split into three arrays: qs uint8 (N, K/2) (byte j of a block holds
 //            value j in its low nibble and value j + 16 in its high nibble), qh uint32 (N, K/32) (bit
 //            i = the fifth bit of value i), scales fp16 (N, K/32): w = d * ((nibble | bit << 4) - 16).
@@ -49,7 +49,9 @@ inline int64_t panel_bytes(QFormat f, int64_t K) {
   return f == QFormat::Q8_0_X16 ? (K / kQ8Block) * kQ8PanelUnit : (K / (2 * kQ8Block)) * kQ5PanelUnit;
 }
 
-// Bytes one weight row of K values takes in format f, every array of the format counted.
+// Bytes one weight row of K values takes in format f, every array of the format counted (AFFINE4 with
+// fp16 scales and biases; float32 ones add 4 bytes per group of 64, which only moves the task sizes and
+// prefetch distances this sets a little).
 inline int64_t packed_row_bytes(QFormat f, int64_t K) {
   f = row_format(f);
   if (f == QFormat::Q8_0) return K + 2 * (K / kQ8Block);
@@ -62,11 +64,15 @@ struct QGemvArgs {
   const float* x;          // (M, K) (Q8_0 GEMM: already rounded to Q8_0 blocks); for AFFINE4 permuted per group: 32 even k, then 32 odd k
   const float* xsum;       // AFFINE4: (M, K/64) sums of x per group (the bias term); else null
   const uint8_t* q;        // packed weights, row-major, K/32*32 (Q8_0) or K/2 (AFFINE4) bytes a row
-  const uint16_t* scales;  // fp16 bits
+  const uint16_t* scales;  // fp16 bits; null for AFFINE4 with float32 scales
   const uint16_t* biases;  // fp16 bits (AFFINE4) or null
   const float* b;          // (N,) or null
   float* y;                // (M, N)
   int64_t M, N, K;
+  // AFFINE4 with float32 scales and biases (then scales and biases above are null), (N, K/64) each: read
+  // as stored, never through half.
+  const float* scales_f32 = nullptr;
+  const float* biases_f32 = nullptr;
   const int8_t* xq = nullptr;    // Q8_0, Q5_0: x rounded to int8 per block of 32, (M, K)
   const float* dx = nullptr;     // Q8_0, Q5_0: the scale of each of those blocks, (M, K/32)
   const float* xqsum = nullptr;  // Q5_0: sum of each block of xq, (M, K/32)

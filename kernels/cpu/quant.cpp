@@ -112,7 +112,7 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
 
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
                           const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
-                          int64_t N, int64_t K) {
+                          int64_t N, int64_t K, const float* scales_f32, const float* biases_f32) {
   if (M <= 0 || N <= 0) return;
   const KernelTable& t = active_kernels();
   ThreadPool& pool = ThreadPool::global();
@@ -122,6 +122,8 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
 
   QGemvArgs a{x, nullptr, q, scales, biases, b, y, M, N, K};
   a.qh = qh;
+  a.scales_f32 = scales_f32;
+  a.biases_f32 = biases_f32;
   thread_local std::vector<float> xperm_buf, xsum_buf;
   if (f == QFormat::AFFINE4) {
     const int64_t ng = K / kA4Group;
@@ -322,11 +324,19 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
       if (q.dtype() != mx::uint32) throw std::invalid_argument("quantized_linear: affine4 q must be uint32");
       expect_shape("q", q, N, K / 8);
       if (!biases) throw std::invalid_argument("quantized_linear: affine4 needs biases");
-      if (biases->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: biases must be float16");
+      // float16 (the compact form) or float32 (mx.quantize's own output), read as stored either way
+      if (scales->dtype() != mx::float16 && scales->dtype() != mx::float32) {
+        throw std::invalid_argument("quantized_linear: affine4 scales must be float16 or float32");
+      }
+      if (biases->dtype() != scales->dtype()) {
+        throw std::invalid_argument("quantized_linear: affine4 biases must have the scales' dtype");
+      }
       expect_shape("biases", *biases, N, K / block);
     }
     if (f != QFormat::Q5_0 && high) throw std::invalid_argument("quantized_linear: only q5_0 takes high");
-    if (scales->dtype() != mx::float16) throw std::invalid_argument("quantized_linear: scales must be float16");
+    if (f != QFormat::AFFINE4 && scales->dtype() != mx::float16) {
+      throw std::invalid_argument("quantized_linear: scales must be float16");
+    }
     expect_shape("scales", *scales, N, K / block);
     weights.push_back(&*scales);
     if (biases) weights.push_back(&*biases);
@@ -359,16 +369,19 @@ void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   for (const auto& a : inputs) enc.set_input_array(a);
   enc.set_output_array(out);
   const bool a4 = format_ == QFormat::AFFINE4, q5 = format_ == QFormat::Q5_0, panel = is_panel(format_);
+  const bool a4_f32 = a4 && inputs[2].dtype() == mx::float32;  // the op builder checked biases match
   const float* xp = inputs[0].data<float>();
   const uint8_t* qp = inputs[1].data<uint8_t>();
-  const uint16_t* sp = panel ? nullptr : inputs[2].data<uint16_t>();
-  const uint16_t* bip = a4 ? inputs[3].data<uint16_t>() : nullptr;
+  const uint16_t* sp = panel || a4_f32 ? nullptr : inputs[2].data<uint16_t>();
+  const uint16_t* bip = a4 && !a4_f32 ? inputs[3].data<uint16_t>() : nullptr;
+  const float* sfp = a4_f32 ? inputs[2].data<float>() : nullptr;
+  const float* bfp = a4_f32 ? inputs[3].data<float>() : nullptr;
   const uint32_t* qhp = q5 ? inputs[3].data<uint32_t>() : nullptr;
   const float* bp = has_bias_ ? inputs[panel ? 2 : (a4 || q5) ? 4 : 3].data<float>() : nullptr;
   float* yp = out.data<float>();
   const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = out.shape(1);
   const QFormat f = format_;
-  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K); });
+  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K, sfp, bfp); });
 }
 
 void QuantizedLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {

@@ -22,7 +22,7 @@ namespace tiny_llm {
 namespace mx = mlx::core;
 
 // format: "q8_0" (q int8 (N, K), scales float16 (N, K/32), biases none) or
-//         "affine4" (q uint32 (N, K/8), scales and biases float16 (N, K/64)) or
+//         "affine4" (q uint32 (N, K/8), scales and biases (N, K/64), both float16 or both float32) or
 //         "q5_0" (q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32)).
 // x: (M, K) float32, b: (N,) float32 or none -> (M, N) float32.
 //         "q8_0x16" / "q5_0x16" (q uint8 (N/16, K/32, 544) / (N/16, K/64, 704), nothing else; AVX-512 VNNI only).
@@ -31,10 +31,13 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
                            const std::string& format, const std::optional<mx::array>& high = std::nullopt,
                            mx::StreamOrDevice s = {});
 
-// Raw kernel on contiguous row-major buffers (see QGemvArgs for the layouts).
+// Raw kernel on contiguous row-major buffers (see QGemvArgs for the layouts). AFFINE4 takes its scales
+// and biases either as fp16 bits (scales, biases) or as float32 (scales_f32, biases_f32, the fp16
+// pointers null).
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
                           const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
-                          int64_t N, int64_t K);
+                          int64_t N, int64_t K, const float* scales_f32 = nullptr,
+                          const float* biases_f32 = nullptr);
 
 class QuantizedLinear : public mx::Primitive {
  public:
