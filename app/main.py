@@ -13,10 +13,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-
-from app.tabs import attention, batching, chat, course, lens, rope  # noqa: E402
-from app.tabs.inspection import InspectionStore  # noqa: E402
-from app.theme import CSS, THEME  # noqa: E402
+from tiny_llm_playground.app.tabs import attention, batching, chat, course, lens, rope  # noqa: E402
+from tiny_llm_playground.app.tabs.inspection import InspectionStore  # noqa: E402
+from tiny_llm_playground.app.theme import CSS, THEME  # noqa: E402
 
 TITLE = "Tiny LLM Playground"
 TAGLINE = "a from-scratch inference engine on MLX, running real weights — watch it generate, token by token"
@@ -24,7 +23,7 @@ TAGLINE = "a from-scratch inference engine on MLX, running real weights — watc
 
 def model_label(model: str) -> str:
     """Human name of a manifest model (e.g. Qwen2.5-Coder-0.5B-Instruct), or a model folder's name."""
-    from engine.loader.manifest import UnknownModelError, get_spec
+    from tiny_llm_playground.engine.loader.manifest import UnknownModelError, get_spec
 
     try:
         return get_spec(model).display_name

@@ -2,7 +2,7 @@
 
 `inspect_forward(model, token_ids)` re-runs the model on the readable path, one step at a time, and
 returns frozen dataclasses of float32 numpy arrays (the playground's views and the tests read them; no
-MLX array leaves this module). It walks the same layer objects as `Qwen2Model.hidden_states` — same
+MLX array leaves this module). It walks the same layer objects as the model's `hidden_states` — same
 weights, same norms, same RoPE — but computes attention with `engine.layers.scaled_dot_product_attention(
 ..., return_probs=True)` so the softmax probabilities exist as data. Linear layers go through the model's
 own kernel backend (the fast CPU kernel computes exactly what the "ref" twin does, and ref matmuls are
@@ -23,9 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
-
-from engine.layers import embedding, linear, scaled_dot_product_attention
-from engine.models.qwen2 import Qwen2Model, TransformerBlock
+from tiny_llm_playground.engine.layers import embedding, scaled_dot_product_attention
+from tiny_llm_playground.engine.models.qwen2 import Model, TransformerBlock
 
 MAX_INSPECT_TOKENS = 512  # the playground's limit: attention alone is layers x heads x L^2 x 4 bytes
 
@@ -93,13 +92,12 @@ def _np(x: mx.array) -> np.ndarray:
     return out
 
 
-def _traced_block(block: TransformerBlock, x: mx.array, backend: str | None, keep: bool):
+def _traced_block(block: TransformerBlock, x: mx.array, keep: bool):
     """TransformerBlock.__call__ written out, returning (h, (probs, q_pre, q_post, k_pre, k_post))."""
     attn = block.self_attn
-    w = attn.w
     B, L, _ = x.shape
     xn = block.input_layernorm(x)
-    q, k, v = attn.project(xn)  # (B, L, H*D), (B, L, H_kv*D) x 2
+    q, k, v = attn.qkv(xn)  # (B, L, H*D), (B, L, H_kv*D) x 2
     q_pre = q.reshape(B, L, attn.n_heads, attn.head_dim).transpose(0, 2, 1, 3)  # (B, H, L, D)
     k_pre = k.reshape(B, L, attn.n_kv_heads, attn.head_dim).transpose(0, 2, 1, 3)  # (B, H_kv, L, D)
     v = v.reshape(B, L, attn.n_kv_heads, attn.head_dim).transpose(0, 2, 1, 3)
@@ -109,14 +107,14 @@ def _traced_block(block: TransformerBlock, x: mx.array, backend: str | None, kee
         q_post, k_post, v, scale=attn.scale, mask=mask, return_probs=True
     )  # (B, H, L, D), (B, H, L, L)
     out = out.transpose(0, 2, 1, 3).reshape(B, L, attn.n_heads * attn.head_dim)
-    h = x + linear(out, w["o_proj.weight"], None, backend)
+    h = x + attn.o_proj(out)
     h = h + block.mlp(block.post_attention_layernorm(h))
     trace = (probs[0], q_pre[0], q_post[0], k_pre[0], k_post[0]) if keep else None
     return h, trace
 
 
 def inspect_forward(
-    model: Qwen2Model,
+    model: Model,
     token_ids: Sequence[int],
     *,
     layers: Iterable[int] | None = None,
@@ -140,18 +138,17 @@ def inspect_forward(
     if wrong:
         raise ValueError(f"layers {wrong} do not exist (the model has {args.num_hidden_layers})")
 
-    backend = model.backend
     h = embedding(mx.array([ids]), model.embed_tokens)  # (1, L, D)
     attention: list[LayerAttention] = []
     hidden: list[np.ndarray] = []
     for i, block in enumerate(model.layers):
-        h, trace = _traced_block(block, h, backend, i in keep)
+        h, trace = _traced_block(block, h, i in keep)
         mx.eval(h, *(trace or ()))  # evaluate layer by layer: bounds the graph and the memory
         hidden.append(np.array(h[0], dtype=np.float32))
         if trace is not None:
             attention.append(LayerAttention(i, *(_np(t) for t in trace)))
     final = model.norm(h)  # (1, L, D)
-    last_logits = linear(final[:, -1], model.lm_head, None, backend)  # (1, V)
+    last_logits = model.logits(final[:, -1])  # (1, V)
     mx.eval(final, last_logits)
     hidden_all = np.stack(hidden)
     hidden_all.flags.writeable = False
@@ -173,9 +170,7 @@ def inspect_forward(
     return result
 
 
-def logit_lens(
-    result: InspectResult, model: Qwen2Model, top: int = 5, positions: Iterable[int] | None = None
-) -> LogitLens:
+def logit_lens(result: InspectResult, model: Model, top: int = 5, positions: Iterable[int] | None = None) -> LogitLens:
     """What each layer would predict if it were the last: softmax(lm_head(norm(hidden[layer, pos]))).
 
     positions: prompt positions to decode (None = all). Cost: n_layers x P x D x V multiply-adds.
@@ -192,7 +187,7 @@ def logit_lens(
     probs_out = np.zeros((n_layers, len(pos), top), dtype=np.float32)
     for layer in range(n_layers):  # one layer at a time: P x V logits, not n_layers x P x V
         h = mx.array(result.hidden[layer][list(pos)])  # (P, D)
-        logits = linear(model.norm(h), model.lm_head, None, model.backend)  # (P, V)
+        logits = model.logits(model.norm(h))  # (P, V)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         idx = mx.argpartition(-logp, kth=top - 1, axis=-1)[:, :top]  # (P, top), unordered
         vals = mx.take_along_axis(logp, idx, axis=-1)

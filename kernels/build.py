@@ -1,7 +1,8 @@
-"""Build the CPU kernels extension: `python -m kernels.build`.
+"""Build the CPU kernels extension: `python -m tiny_llm_playground.kernels.build` (`python -m kernels.build` from
+the repo root).
 
 Configures and builds kernels/cpu/CMakeLists.txt with cmake, leaving the module at
-kernels/cpu/_ext*.so (importable as `kernels.cpu._ext`). Rules it keeps:
+kernels/cpu/_ext*.so (importable as `tiny_llm_playground.kernels.cpu._ext`). Rules it keeps:
 
 - Uses the running interpreter's nanobind (`python -m nanobind --cmake_dir`) and mlx
   (`mlx/share/cmake/MLX`), so the module matches the mlx it will be loaded into.
@@ -96,7 +97,7 @@ def build(*, clean: bool = False, jobs: int | None = None, build_type: str = "Re
 def _check_import() -> str:
     """Import the fresh module in a child process (this one may hold an older copy)."""
     code = (
-        "import mlx.core as mx; from kernels.cpu import _ext; "
+        "import mlx.core as mx; from tiny_llm_playground.kernels.cpu import _ext; "
         "y = _ext.linear(mx.ones((2, 3)), mx.ones((4, 3))); mx.eval(y); "
         "assert y.shape == (2, 4) and float(y.sum()) == 24.0, y; "
         "print(_ext.cpu_isa(), _ext.num_threads())"

@@ -13,7 +13,8 @@ Formats (w is a float matrix (N, K), the PyTorch/HF (out, in) layout):
              quantize_row_q5_0 for other weights and tests.
   "affine4"  MLX's `mx.quantize(w, group_size=64, bits=4)` layout: per group of 64 along K,
              w ≈ scale * q + bias with q in [0, 15]; q packed 8 per uint32 (value i of a word at
-             bits 4i..4i+3), scale and bias stored float16. 0.5625 bytes per weight.
+             bits 4i..4i+3), scale and bias stored float16 (0.5625 bytes per weight) or both float32
+             (the course's format, exactly mx.quantize's float32 output; 0.625 bytes per weight).
   "q8_0x16", "q5_0x16"
              The same blocks, bytes and bits as q8_0 / q5_0, repacked (`repack`, exact both ways with
              `unpack`) into the order the int8 kernels read: 16 weight rows ("a panel") interleaved
@@ -59,7 +60,7 @@ class QuantizedWeight:
 
     q8_0:    q int8 (N, K), scales float16 (N, K/32), biases None.
     q5_0:    q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32), biases None.
-    affine4: q uint32 (N, K/8), scales float16 (N, K/64), biases float16 (N, K/64).
+    affine4: q uint32 (N, K/8), scales and biases (N, K/64), both float16 or both float32.
     q8_0x16: q uint8 (N/16, K/32, 544); q5_0x16: q uint8 (N/16, K/64, 704); nothing else (see the
              module docstring).
     """
@@ -108,19 +109,26 @@ class QuantizedWeight:
                 "high": ((N, K // bs), mx.uint32),
             }
         else:
+            params = (mx.float16, mx.float32)  # affine4's scales and biases: either, both the same
             want = {
                 "q": ((N, K // 8), mx.uint32),
-                "scales": ((N, K // bs), mx.float16),
-                "biases": ((N, K // bs), mx.float16),
+                "scales": ((N, K // bs), params),
+                "biases": ((N, K // bs), params),
             }
         for name in ("scales", "biases", "high"):
             if name not in want and getattr(self, name) is not None:
                 raise ValueError(f"{self.format}: {name} must be None")
-        for name, (shape, dtype) in want.items():
+        for name, (shape, dtypes) in want.items():
+            dtypes = dtypes if isinstance(dtypes, tuple) else (dtypes,)
             a = getattr(self, name)
-            if not isinstance(a, mx.array) or tuple(a.shape) != shape or a.dtype != dtype:
+            if not isinstance(a, mx.array) or tuple(a.shape) != shape or a.dtype not in dtypes:
                 got = "None" if a is None else f"{getattr(a, 'dtype', type(a).__name__)} {tuple(a.shape)}"
-                raise ValueError(f"{self.format}: {name} must be {dtype} {shape}, got {got}")
+                kinds = " or ".join(str(d) for d in dtypes)
+                raise ValueError(f"{self.format}: {name} must be {kinds} {shape}, got {got}")
+        if self.format == "affine4" and self.scales.dtype != self.biases.dtype:
+            raise ValueError(
+                f"affine4: scales and biases must have one dtype, got {self.scales.dtype} and {self.biases.dtype}"
+            )
 
 
 def _round_half_away(v: mx.array) -> mx.array:
@@ -179,14 +187,22 @@ def round_activations_q8(x: mx.array) -> mx.array:
     return (q * d).reshape(x.shape)
 
 
-def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedWeight:
+def quantize(
+    w: mx.array, fmt: str, *, rows_per_chunk: int = 8192, scale_dtype: mx.Dtype = mx.float16
+) -> QuantizedWeight:
     """Quantize a float (N, K) matrix into `fmt` (K must be a multiple of the format's block).
 
-    Rows are processed in chunks to bound the temporaries (the 151936-row vocab matrix)."""
+    scale_dtype: the dtype the scales (and affine4's biases) are stored in: float16, or for affine4
+    also float32 (then exactly what mx.quantize computes from float32 w). Rows are processed in chunks
+    to bound the temporaries (the 151936-row vocab matrix)."""
     if fmt not in BLOCK:
         raise ValueError(f"unknown quantization format {fmt!r}; known: {', '.join(FORMATS)}")
     if w.ndim != 2:
         raise ValueError(f"quantize: w must be 2-D (N, K), got shape {w.shape}")
+    allowed = (mx.float16, mx.float32) if fmt == "affine4" else (mx.float16,)
+    if scale_dtype not in allowed:
+        kinds = " or ".join(str(d) for d in allowed)
+        raise ValueError(f"quantize: {fmt} stores its scales as {kinds}, got scale_dtype={scale_dtype}")
     if fmt in PANEL:
         return repack(quantize(w, PANEL[fmt][0], rows_per_chunk=rows_per_chunk))
     N, K = w.shape
@@ -207,10 +223,10 @@ def quantize(w: mx.array, fmt: str, *, rows_per_chunk: int = 8192) -> QuantizedW
             ss.append(d.squeeze(-1).astype(mx.float16))
             bb.append(high)
         else:
-            q, s, b = mx.quantize(chunk, group_size=bs, bits=4)
+            q, s, b = mx.quantize(chunk, group_size=bs, bits=4)  # s, b float32 (chunk is)
             qs.append(q)
-            ss.append(s.astype(mx.float16))
-            bb.append(b.astype(mx.float16))
+            ss.append(s.astype(scale_dtype))
+            bb.append(b.astype(scale_dtype))
         mx.eval(qs[-1], ss[-1], *bb[-1:])
     third = None if not bb else (mx.concatenate(bb) if len(bb) > 1 else bb[0])
     qw = QuantizedWeight(
@@ -314,11 +330,12 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
 
 def concat_rows(qws: list[QuantizedWeight]) -> QuantizedWeight | None:
     """The weights stacked along N (one matmul instead of several on the same x), or None when they
-    do not share a format and K. The result owns new arrays."""
+    do not share a format, K and the dtype of their scales. The result owns new arrays."""
     if not qws or any(not isinstance(w, QuantizedWeight) for w in qws):
         return None
     fmt, K = qws[0].format, qws[0].shape[1]
-    if any(w.format != fmt or w.shape[1] != K for w in qws):
+    sdt = getattr(qws[0].scales, "dtype", None)
+    if any(w.format != fmt or w.shape[1] != K or getattr(w.scales, "dtype", None) != sdt for w in qws):
         return None
 
     def cat(name: str) -> mx.array | None:

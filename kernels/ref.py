@@ -24,7 +24,7 @@ def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
     x: (..., K), qw: kernels.quant.QuantizedWeight of shape (N, K), b: (N,) or None -> (..., N).
     For q8_0 and q5_0, x is first rounded to Q8_0 blocks (kernels.quant.round_activations_q8), as the kernels
     do: weight and activation blocks then meet in exact int32 dot products."""
-    from kernels.quant import dequantize, round_activations_q8
+    from tiny_llm_playground.kernels.quant import dequantize, round_activations_q8
 
     if qw.format in ("q8_0", "q5_0", "q8_0x16", "q5_0x16"):
         x = round_activations_q8(x)
@@ -38,13 +38,18 @@ def flash_attention(
     scale: float,
     causal: bool = True,
     kv_lengths: mx.array | None = None,
+    mask: mx.array | None = None,
 ) -> mx.array:
-    """softmax(q k^T * scale, over the visible keys) v, the plain way: the whole (L, S) score matrix.
+    """softmax(q k^T * scale + mask, over the visible keys) v, the plain way: the whole (L, S) score matrix.
 
     q: (B, H, L, D), k, v: (B, H_kv, S, D), H % H_kv == 0 (query head h reads kv head h // (H / H_kv));
     kv_lengths: (B,) ints in [0, S] or None (= S). Row b's query i sits at position
     kv_lengths[b] - L + i and sees keys j < kv_lengths[b], and only j <= its position when causal.
-    A query that sees no key gets zeros. Returns (B, H, L, D).
+    mask: None, boolean (True = may see) or additive float (added to the scaled scores; -inf hides a
+    key), broadcastable to (B, H, L, S) by numpy's rules. All rules apply at once: a key is visible when
+    kv_lengths, causal and a boolean mask all allow it and an additive mask does not hold -inf there.
+    A query that sees no key gets zeros. Scores, softmax and the weighted sum run in float32 whatever
+    the inputs' dtype (float16 sums overflow past 65504); returns (B, H, L, D) in q's dtype.
     """
     B, H, L, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
@@ -56,15 +61,22 @@ def flash_attention(
         q_pos = lengths[:, None] - L + mx.arange(L)[None, :]  # (B, L)
         visible = visible & (key_pos[None, None, :] <= q_pos[:, :, None])  # (B, L, S)
     visible = visible[:, None, None]  # (B, 1, 1, L or 1, S): shared by all heads
-    qg = q.reshape(B, H_kv, G, L, D)  # query heads grouped by the kv head they read
-    scores = (qg * scale) @ k[:, :, None].swapaxes(-1, -2)  # (B, H_kv, G, L, S)
+    qg = q.astype(mx.float32).reshape(B, H_kv, G, L, D)  # query heads grouped by the kv head they read
+    kf, vf = k.astype(mx.float32), v.astype(mx.float32)
+    scores = (qg * scale) @ kf[:, :, None].swapaxes(-1, -2)  # (B, H_kv, G, L, S)
+    if mask is not None:
+        m = mx.broadcast_to(mask, (B, H, L, S)).reshape(B, H_kv, G, L, S)  # query head h = (h // G, h % G)
+        if m.dtype == mx.bool_:
+            visible = visible & m
+        else:
+            scores = scores + m.astype(mx.float32)
     scores = mx.where(visible, scores, -mx.inf)
     row_max = mx.max(scores, axis=-1, keepdims=True)  # -inf where a query sees no key
     e = mx.exp(scores - mx.where(mx.isinf(row_max), 0.0, row_max))  # exp(-inf) = 0 for hidden keys
     denom = mx.sum(e, axis=-1, keepdims=True)
     probs = e / mx.where(denom > 0, denom, 1.0)  # rows with no visible key stay all-zero
-    out = probs @ v[:, :, None]  # (B, H_kv, G, L, D)
-    return out.reshape(B, H, L, D)
+    out = probs @ vf[:, :, None]  # (B, H_kv, G, L, D)
+    return out.reshape(B, H, L, D).astype(q.dtype)
 
 
 def decode_attention_rows(
@@ -74,11 +86,13 @@ def decode_attention_rows(
     rows: list[tuple[mx.array, mx.array]],
     lengths: list[int],
     scale: float,
+    after=(),
 ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
     """One decode step for B rows with their own cache buffers, the plain way: write row b's new key and
     value at position lengths[b] of its buffers, pad every row's keys to the longest and run
-    flash_attention with per-row lengths. q: (B, H, 1, D); k, v: (B, H_kv, 1, D); rows[b]: (keys, values)
-    buffers (1, H_kv, capacity, D). Returns (out (B, H, 1, D), the updated buffers)."""
+    flash_attention with per-row lengths (statistics in float32). q: (B, H, 1, D); k, v: (B, H_kv, 1, D);
+    rows[b]: (keys, values) buffers (1, H_kv, capacity, D). Returns (out (B, H, 1, D) in q's dtype, the
+    updated buffers: new arrays, so `after` (the ordering in-place kernels need) is not needed here)."""
     S = max(lengths) + 1
     new_rows, ks, vs = [], [], []
     for b, ((kc, vc), n) in enumerate(zip(rows, lengths, strict=True)):
@@ -94,20 +108,29 @@ def decode_attention_rows(
 
 
 def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
-    """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D)."""
-    inv_rms = mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)  # (..., 1)
-    return (x * inv_rms) * w
+    """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D).
+    The statistics run in float32 (a float16 sum of squares overflows past 65504); the normalised x is
+    cast back to x's dtype and then multiplied by w, as engine/layers/norm.py does."""
+    xf = x.astype(mx.float32)
+    inv_rms = mx.rsqrt(mx.mean(xf * xf, axis=-1, keepdims=True) + eps)  # (..., 1)
+    return (xf * inv_rms).astype(x.dtype) * w
 
 
-def rope(x: mx.array, inv_freq: mx.array, offset) -> mx.array:
-    """Rotate-half RoPE: x (B, L, H, D) -> (B, H, L, D); position of (b, l) = offset (or offset[b]) + l.
-    Pair (i, i + D/2) rotates by position * inv_freq[i] (as engine/layers/rope.py)."""
+def rope(x: mx.array, inv_freq: mx.array, offset, traditional: bool = False) -> mx.array:
+    """RoPE: x (B, L, H, D) -> (B, H, L, D); position of (b, l) = offset (or offset[b]) + l.
+    Rotate-half (traditional=False, Qwen2's layout, as engine/layers/rope.py): pair (i, i + D/2) rotates
+    by position * inv_freq[i]. Traditional (RoFormer / LLaMA-1): pair (2i, 2i + 1) rotates by the same
+    angle."""
     B, L, _, D = x.shape
     steps = mx.arange(L)
     pos = (offset[:, None] + steps[None, :]) if isinstance(offset, mx.array) else (steps + offset)[None, :]
     ang = pos.astype(mx.float32)[:, None, :, None] * inv_freq  # (B or 1, 1, L, D/2)
     cos, sin = mx.cos(ang), mx.sin(ang)
     x = x.transpose(0, 2, 1, 3)  # (B, H, L, D)
+    if traditional:
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, L, D/2): the even and the odd members of each pair
+        rot = mx.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # (B, H, L, D/2, 2)
+        return rot.reshape(*x.shape).astype(x.dtype)
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 

@@ -17,13 +17,13 @@ echo "== installing dependencies"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
 
 echo "== building the CPU kernels (C++ MLX extension)"
-if ! .venv/bin/python -m kernels.build; then
+if ! .venv/bin/python -m tiny_llm_playground.kernels.build; then
   echo "WARNING: the CPU kernel extension did not build; the engine falls back to the slow reference" >&2
   echo "WARNING: backend. See the build output above; \`python -m engine info\` shows the backends." >&2
 fi
 
 echo "== fetching the model"
-.venv/bin/python -m engine fetch "${TINY_LLM_MODEL:-qwen2.5-coder-0.5b}"
+.venv/bin/tinyllm fetch "${TINY_LLM_MODEL:-qwen2.5-coder-0.5b}"
 
 # Chromium, and CJK fonts so Chinese/Japanese tokens render as glyphs (not boxes) in the screenshots.
 if [ "${1:-}" = "--test" ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; }; then

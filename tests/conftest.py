@@ -18,8 +18,8 @@ def qwen_gguf_path() -> Path:
     (fetched on first use)."""
     value = os.environ.get("TINY_LLM_TEST_GGUF")
     if not value:
-        from engine.loader import fetch
-        from engine.loader.manifest import gguf_path
+        from tiny_llm_playground.engine.loader import fetch
+        from tiny_llm_playground.engine.loader.manifest import gguf_path
 
         fetch(REAL_MODEL, quiet=True)
         return gguf_path(REAL_MODEL)
@@ -35,7 +35,7 @@ REAL_MODEL = "qwen2.5-coder-0.5b"
 @pytest.fixture(scope="session")
 def real_model_dir() -> Path:
     """The converted real 0.5B model folder, fetched into the cache on first use (CI fetches it too)."""
-    from engine.loader import fetch
+    from tiny_llm_playground.engine.loader import fetch
 
     return fetch(REAL_MODEL, quiet=True)
 
@@ -44,7 +44,7 @@ def real_model_dir() -> Path:
 def real_lm(real_model_dir):
     """The real 0.5B model, float32 weights, on the fastest kernel backend (LoadedModel): the path
     that is compared with mlx-lm, and the reference the quantized modes are measured against."""
-    from engine.loader import load_model
+    from tiny_llm_playground.engine.loader import load_model
 
     return load_model(str(real_model_dir), quant="none")
 
@@ -52,7 +52,7 @@ def real_lm(real_model_dir):
 @pytest.fixture(scope="session")
 def real_lm_q8(real_model_dir):
     """The real 0.5B model in the default quantization (q8_0)."""
-    from engine.loader import load_model
+    from tiny_llm_playground.engine.loader import load_model
 
     return load_model(str(real_model_dir), quant="q8_0")
 
@@ -61,8 +61,8 @@ def real_lm_q8(real_model_dir):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A converted tiny random Qwen2 folder (byte-level tokenizer, chat template) for fast engine tests."""
     import numpy as np
+    from tiny_llm_playground.engine.loader.convert import convert_gguf
 
-    from engine.loader.convert import convert_gguf
     from tests.utils import TINY_GGUF_CONFIG, tiny_weights, write_tiny_gguf
 
     d = tmp_path_factory.mktemp("tiny")

@@ -64,9 +64,8 @@ def mlx_lm_last_logits(model, ids: list[int]):
 def main() -> None:
     import numpy as np
     from mlx_lm.utils import load_model as mlx_lm_load
-
-    from engine.loader import fetch
-    from engine.tokenizer import Tokenizer
+    from tiny_llm_playground.engine.loader import fetch
+    from tiny_llm_playground.engine.text import Tokenizer
 
     folder = fetch("qwen2.5-coder-0.5b")
     tok = Tokenizer.from_dir(folder)

@@ -40,6 +40,49 @@ def assert_allclose(actual, expected, rtol: float, atol: float, what: str = "") 
         )
 
 
+def assert_close(actual: mx.array, expected: mx.array, K: int, rtol: float = 1e-4) -> None:
+    """A kernel's output against its reference: same shape and dtype, and |a - e| <= atol + rtol*|e| with
+    atol = rtol*sqrt(K), the size of a sum of K unit-variance products (inputs are unit-variance)."""
+    assert actual.dtype == expected.dtype, f"dtype {actual.dtype} != {expected.dtype}"
+    assert_allclose(actual, expected, rtol, rtol * max(1.0, float(np.sqrt(K))), f"K={K}")
+
+
+def require(backend: str) -> None:
+    """Skip the test, with the reason, unless kernel backend `backend` runs here (never faked)."""
+    from tiny_llm_playground import kernels
+
+    status = kernels.available_backends()[backend]
+    if status != "ok":
+        import pytest
+
+        pytest.skip(f"backend {backend!r} {status}")
+
+
+def block_weights(block) -> dict[str, object]:
+    """A transformer block's linear weights by their Hugging Face names ("self_attn.q_proj.weight", ...), as
+    the block holds them; the block must keep them unstacked (the "ref" backend, or float weights)."""
+    attn, mlp = block.self_attn, block.mlp
+    stacked = [lin for lin, splits in (*attn.qkv.parts, *mlp.gate_up.parts) if splits]
+    assert not stacked, "this block stacks its projections; load it with backend='ref' to see them one by one"
+    q, k, v = (lin.weight for lin, _ in attn.qkv.parts)
+    gate, up = (lin.weight for lin, _ in mlp.gate_up.parts)
+    return {
+        "self_attn.q_proj.weight": q, "self_attn.k_proj.weight": k, "self_attn.v_proj.weight": v,
+        "self_attn.o_proj.weight": attn.o_proj.weight, "mlp.gate_proj.weight": gate, "mlp.up_proj.weight": up,
+        "mlp.down_proj.weight": mlp.down_proj.weight,
+    }  # fmt: skip
+
+
+def model_matmul_weights(model) -> list:
+    """Every weight the model multiplies by, as held (stacked ones once): the layers' and the head's."""
+    out = [model.lm_head.weight]
+    for block in model.layers:
+        attn, mlp = block.self_attn, block.mlp
+        out += [lin.weight for lin, _ in (*attn.qkv.parts, *mlp.gate_up.parts)]
+        out += [attn.o_proj.weight, mlp.down_proj.weight]
+    return out
+
+
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """KL(P || Q) between the softmax distributions of two logit vectors, in nats."""
     lp = p_logits.astype(np.float64) - np.logaddexp.reduce(p_logits.astype(np.float64))
@@ -110,9 +153,8 @@ def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) ->
     """A tiny qwen2 GGUF and a byte-level vocab: 2-D weights with K % 32 == 0 in Q5_0 (q, o, gate, up)
     or Q8_0 (the others), the rest F32."""
     import gguf
-
-    from engine.loader.convert import _GLOBAL_MAP, _LAYER_MAP
-    from engine.tokenizer import bytes_to_unicode
+    from tiny_llm_playground.engine.loader.convert import _GLOBAL_MAP, _LAYER_MAP
+    from tiny_llm_playground.engine.text import bytes_to_unicode
 
     inv = {v: k for k, v in _GLOBAL_MAP.items()}
     inv_layer = {v: k for k, v in _LAYER_MAP.items()}

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
-
-from viz.layout import (
+from tiny_llm_playground.viz.layout import (
     FONT_SIZE,
     INK,
     MONO_FAMILY,

@@ -14,8 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-
-from viz.layout import BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, message_figure, style
+from tiny_llm_playground.viz.layout import BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, message_figure, style
 
 STATUS_COLOURS = {"waiting": GREY, "prefilling": ORANGE, "decoding": BLUE}
 MIB = 1024 * 1024

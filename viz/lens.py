@@ -11,8 +11,7 @@ import html
 
 import numpy as np
 import plotly.graph_objects as go
-
-from viz.layout import FONT_SIZE, MONO_FAMILY, short, style
+from tiny_llm_playground.viz.layout import FONT_SIZE, MONO_FAMILY, short, style
 
 
 def logit_lens_table(

@@ -1,8 +1,8 @@
 """The sampler's picture: the top raw probabilities of one step, where each filter cuts, and the draw.
 
-`filtered(...)` recomputes the kept distribution from stored log-probabilities under new slider values, with
-the same pipeline as engine.sampling (temperature -> top-k -> top-p -> min-p, each filter seeing the
-renormalized output of the one before). A SampleRecord stores only the top-N raw log-probabilities, so the
+`filtered(...)` recomputes the kept distribution from stored log-probabilities under new slider values with
+the sampler's own filters (`engine.sampling.filter_masks`: temperature -> top-k -> top-p -> min-p, each filter
+seeing the renormalized output of the one before). A SampleRecord stores only the top-N raw log-probabilities, so the
 picture is exact when N covers the kept set and otherwise treats tokens beyond N as absent (the title
 says how much raw probability mass lies outside the N shown).
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
-
-from viz.layout import BLUE, GREY, INK, MONO_FAMILY, ORANGE, SKY, VERMILLION, short, style
+from tiny_llm_playground.engine.sampling import filter_masks
+from tiny_llm_playground.viz.layout import BLUE, GREY, INK, MONO_FAMILY, ORANGE, SKY, VERMILLION, short, style
 
 
 @dataclass(frozen=True)
@@ -53,22 +53,11 @@ def filtered(
     x = lp / temperature
     tempered = np.exp(x - x.max())
     tempered /= tempered.sum()
-    keep = np.ones(n, dtype=bool)
-    if 0 < top_k < n:
-        keep[top_k:] = False
-        for i in range(top_k, n):
-            cut[i] = "top-k"
-    p = tempered * keep
-    p /= p.sum()
-    before = np.concatenate([[0.0], np.cumsum(p)[:-1]])
-    if top_p < 1.0:
-        for i in np.nonzero(keep & (before >= top_p))[0]:
-            keep[i], cut[i] = False, "top-p"
-    p = tempered * keep
-    p /= p.sum()
-    if min_p > 0.0:
-        for i in np.nonzero(keep & (p < min_p * p[0]))[0]:
-            keep[i], cut[i] = False, "min-p"
+    masks = filter_masks(tempered, top_k, top_p, min_p)  # the sampler's own filters, in its order
+    keep = masks[-1]
+    for name, mask in zip(("top-k", "top-p", "min-p"), masks, strict=True):
+        for i in np.nonzero(~mask)[0]:
+            cut[i] = cut[i] or name  # the first filter that cut it
     final = tempered * keep
     final /= final.sum()
     return Filtered(raw, tempered, keep, final, tuple(cut))

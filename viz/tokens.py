@@ -16,7 +16,7 @@ import functools
 import html
 from collections.abc import Sequence
 
-from viz.layout import cividis
+from tiny_llm_playground.viz.layout import cividis
 
 _STEPS = 11  # legend swatches: 0 %, 10 %, ... 100 %
 UNKNOWN = "#d0d0d0"  # a token whose probability was not recorded

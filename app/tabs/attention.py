@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-
-from app.tabs.inspection import (
+from tiny_llm_playground.app.tabs.inspection import (
     NOTHING_YET,
     InspectionStore,
     run_inspection,
     session_of,
     status_html,
 )
-from viz.attention import attention_heatmap, attention_overview_html, gqa_groups
-from viz.layout import message_figure
+from tiny_llm_playground.viz.attention import attention_heatmap, attention_overview_html, gqa_groups
+from tiny_llm_playground.viz.layout import message_figure
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-
-from engine import EngineBusyError, RequestHandle, SamplingParams
-from viz.batching import cache_occupancy, requests_table_html, step_timeline, summary_html
+from tiny_llm_playground.engine import EngineBusyError, RequestHandle, SamplingParams
+from tiny_llm_playground.viz.batching import cache_occupancy, requests_table_html, step_timeline, summary_html
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +160,19 @@ class SharedViews:
     every step, several times a second); the lock makes concurrent polls wait for one build, not start their
     own. `serialize(fig)` turns a figure into what gr.Plot sends (done once here, not once per session)."""
 
-    def __init__(self, engine, labels: Mapping[int, str], serialize=lambda fig: fig, min_age_s: float = REBUILD_S):
+    def __init__(
+        self,
+        engine,
+        labels: Mapping[int, str],
+        serialize=lambda fig: fig,
+        min_age_s: float = REBUILD_S,
+        clock=time.monotonic,
+    ):
         self.engine = engine
         self.labels = labels
         self.serialize = serialize
         self.min_age_s = min_age_s
+        self.clock = clock
         self.builds = 0
         self._key: tuple | None = None
         self._views: tuple | None = None
@@ -175,7 +182,7 @@ class SharedViews:
     def get(self, *, fresh: bool = False) -> tuple[tuple, tuple]:
         """(key, (summary HTML, cache plot, table HTML, timeline plot)); `fresh` ignores the minimum age."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             if self._views is None or fresh or now - self._built_at >= self.min_age_s:
                 snap = self.engine.snapshot()
                 key = snapshot_key(snap, self.labels)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,11 +29,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-
-from engine import Engine, EngineBusyError, ErrorEvent, FinishEvent, RequestHandle, SamplingParams, TokenEvent
-from viz.layout import message_figure
-from viz.sampling import sampling_distribution
-from viz.tokens import token_html, token_span, token_view
+from tiny_llm_playground.engine import (
+    Engine,
+    EngineBusyError,
+    ErrorEvent,
+    FinishEvent,
+    RequestHandle,
+    SamplingParams,
+    TokenEvent,
+)
+from tiny_llm_playground.viz.layout import message_figure
+from tiny_llm_playground.viz.sampling import sampling_distribution
+from tiny_llm_playground.viz.tokens import token_html, token_span, token_view
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ _END = object()  # put by the pump thread after the handle's last event
 MAX_SESSIONS = 64  # sessions whose latest reply's step records are kept (least recently used dropped)
 PICK_HINT = "Click a token of a reply to see the distribution it was drawn from."
 TOKEN_VIEW_EVERY_S = 0.25  # while a reply streams, the token view is resent at most this often
+_clock = time.monotonic  # the token view's throttle clock (tests give it a virtual one)
 
 
 @dataclass(frozen=True)
@@ -419,7 +428,7 @@ def build(engine: Engine, labels: MutableMapping[int, str] | None = None) -> Cha
         reply = ""
         n_tokens = 0
         spans: list[str] = []  # the token view's spans so far: each new token adds one, none is redrawn
-        view_at = 0.0  # when the token view was last sent (0: the first token's view goes at once)
+        view_at = -math.inf  # when the token view was last sent (never yet: the first token's view goes at once)
 
         def done():  # the token view with the most surprising token selected, and the slider on it
             sel = least_likely(records)
@@ -472,7 +481,7 @@ def build(engine: Engine, labels: MutableMapping[int, str] | None = None) -> Cha
                         grew = False
                 if grew and not ended:
                     # The page rebuilds the whole token view on each update: at most every TOKEN_VIEW_EVERY_S.
-                    view, now = gr.skip(), time.monotonic()
+                    view, now = gr.skip(), _clock()
                     if now - view_at >= TOKEN_VIEW_EVERY_S:
                         view, view_at = token_view(spans), now
                     yield "", history, _busy(f"generating… {n_tokens} tokens"), view, gr.update()

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from engine.inspect import MAX_INSPECT_TOKENS, InspectResult, LogitLens, logit_lens
+from tiny_llm_playground.engine.inspect import MAX_INSPECT_TOKENS, InspectResult, LogitLens, logit_lens
 
 LENS_WINDOW = 16  # positions per logit-lens view: each costs n_layers x vocab x hidden multiply-adds
 LENS_TOP = 5

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-
-from app.tabs.inspection import (
+from tiny_llm_playground.app.tabs.inspection import (
     LENS_WINDOW,
     NOTHING_YET,
     Inspection,
@@ -24,8 +23,8 @@ from app.tabs.inspection import (
     session_of,
     status_html,
 )
-from viz.layout import message_figure
-from viz.lens import logit_lens_table
+from tiny_llm_playground.viz.layout import message_figure
+from tiny_llm_playground.viz.lens import logit_lens_table
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-
-from app.tabs.inspection import NOTHING_YET, InspectionStore, session_of, status_html
-from viz.layout import message_figure
-from viz.rope import rope_angle_heatmap, rope_pairs, rope_relative_scores, rope_spectrum
+from tiny_llm_playground.app.tabs.inspection import NOTHING_YET, InspectionStore, session_of, status_html
+from tiny_llm_playground.viz.layout import message_figure
+from tiny_llm_playground.viz.rope import rope_angle_heatmap, rope_pairs, rope_relative_scores, rope_spectrum
 
 
 @dataclass(frozen=True)

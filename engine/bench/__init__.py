@@ -7,6 +7,6 @@
 - `run`         options, the order of the measurements, the result object and its table
 """
 
-from engine.bench.run import BenchOptions, format_report, parse_requests, run_bench
+from tiny_llm_playground.engine.bench.run import BenchOptions, format_report, parse_requests, run_bench
 
 __all__ = ["BenchOptions", "format_report", "parse_requests", "run_bench"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from engine.generate import FinishEvent, TokenEvent, generate, last_logits
-from engine.runtime import Engine, RequestHandle
-from engine.sampling import SamplingParams
-from engine.sequence import ErrorEvent
+from tiny_llm_playground.engine.events import ErrorEvent, FinishEvent, TokenEvent
+from tiny_llm_playground.engine.generate import generate, last_logits
+from tiny_llm_playground.engine.sampling import SamplingParams
+from tiny_llm_playground.engine.serve.engine import Engine, RequestHandle
 
 
 def bench_params(gen: int) -> SamplingParams:

@@ -16,10 +16,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.bench import measure
-from engine.bench.peers import BusyCore, PeerProcess, PeerUnavailable, check_installed, cpu_cores, start_peer
-from engine.bench.prompts import SNIPPET, STRIDE, ids_sha256, token_stream, windows
-from engine.bench.stats import (
+from tiny_llm_playground.engine.bench import measure
+from tiny_llm_playground.engine.bench.peers import (
+    BusyCore,
+    PeerProcess,
+    PeerUnavailable,
+    check_installed,
+    cpu_cores,
+    start_peer,
+)
+from tiny_llm_playground.engine.bench.prompts import SNIPPET, STRIDE, ids_sha256, token_stream, windows
+from tiny_llm_playground.engine.bench.stats import (
     Figures,
     NoCacheEstimate,
     common_prefix,
@@ -107,7 +114,7 @@ def _resolve_peer_files(opts: BenchOptions) -> Path | None:
     """The GGUF llama.cpp runs on; raises PeerUnavailable when there is none."""
     if opts.peer != "llama.cpp":
         return None
-    from engine.loader.manifest import gguf_path
+    from tiny_llm_playground.engine.loader.manifest import gguf_path
 
     if opts.peer_gguf is not None:
         if not Path(opts.peer_gguf).is_file():
@@ -124,7 +131,7 @@ def _resolve_peer_files(opts: BenchOptions) -> Path | None:
 
 def _check_model(name: str) -> None:
     """Unknown manifest names and missing folders fail here, before anything starts."""
-    from engine.loader.manifest import get_spec
+    from tiny_llm_playground.engine.loader.manifest import get_spec
 
     p = Path(name).expanduser()
     if p.is_dir():
@@ -154,8 +161,8 @@ def _peer_dict(r) -> dict:
 
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Run every measurement and return the result object (see the README's Benchmarks section)."""
-    from engine.config import EngineConfig
-    from engine.runtime import Engine
+    from tiny_llm_playground.engine.serve.config import EngineConfig
+    from tiny_llm_playground.engine.serve.engine import Engine
 
     check_installed(opts.peer)
     _check_model(opts.model)
@@ -300,7 +307,7 @@ def _contention_phase(opts: BenchOptions, engine, peer: PeerProcess | None, ids0
 
 
 def _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, peer_info) -> dict:
-    import kernels
+    from tiny_llm_playground import kernels
 
     single = _stream_summary(eng_runs)
     single["ttft_median_s"] = median(r["ttft_s"] for r in eng_runs)

@@ -9,15 +9,15 @@ dequantizing), and whose fast backends (the C++ CPU extension, Metal, CUDA) comp
 from __future__ import annotations
 
 import mlx.core as mx
-
-import kernels
+from tiny_llm_playground import kernels
 
 
 def softmax(x: mx.array, axis: int = -1) -> mx.array:
-    """Numerically stable softmax: subtract the row max before exp, so exp never overflows."""
-    x = x - mx.max(x, axis=axis, keepdims=True)
-    e = mx.exp(x)
-    return e / mx.sum(e, axis=axis, keepdims=True)
+    """Numerically stable softmax: subtract the row max before exp, so exp never overflows; computed in
+    float32 (a half-precision sum of many terms overflows) and returned in x's dtype."""
+    xf = x.astype(mx.float32)
+    e = mx.exp(xf - mx.max(xf, axis=axis, keepdims=True))
+    return (e / mx.sum(e, axis=axis, keepdims=True)).astype(x.dtype)
 
 
 def silu(x: mx.array) -> mx.array:

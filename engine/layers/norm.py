@@ -6,8 +6,7 @@ calls `kernels.rms_norm` (one fused, multi-threaded pass on the cpu backend; the
 from __future__ import annotations
 
 import mlx.core as mx
-
-import kernels
+from tiny_llm_playground import kernels
 
 
 def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:

@@ -1,8 +1,8 @@
 """Model assets: manifest, fetch (download + join + verify), GGUF conversion, loading."""
 
-from engine.loader.fetch import FetchError, fetch
-from engine.loader.load import LoadedModel, load_model
-from engine.loader.manifest import UnknownModelError, default_model, get_spec, known_models
+from tiny_llm_playground.engine.loader.fetch import FetchError, fetch
+from tiny_llm_playground.engine.loader.load import LoadedModel, load_model
+from tiny_llm_playground.engine.loader.manifest import UnknownModelError, default_model, get_spec, known_models
 
 __all__ = [
     "FetchError",

@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from tiny_llm_playground.engine.loader.manifest import COMPLETE_MARKER
 from tqdm import tqdm
-
-from engine.loader.manifest import COMPLETE_MARKER
 
 # GGUF tensor name -> HF name ({i} = layer index).
 _LAYER_MAP = {
@@ -105,8 +104,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, sha256: str | None = None, q
     """Convert `gguf_file` into `out_dir` (config, float32 safetensors, tokenizer); return out_dir."""
     import gguf
     from safetensors.numpy import save_file
-
-    from engine.loader.gguf_tokenizer import tokenizer_files_from_gguf
+    from tiny_llm_playground.engine.loader.gguf_tokenizer import tokenizer_files_from_gguf
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")

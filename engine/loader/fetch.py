@@ -14,9 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
-from engine.loader.manifest import (
+from tiny_llm_playground.engine.loader.manifest import (
     ModelSpec,
     converted_dir,
     downloads_dir,
@@ -24,6 +22,7 @@ from engine.loader.manifest import (
     gguf_path,
     is_converted,
 )
+from tqdm import tqdm
 
 
 class FetchError(RuntimeError):
@@ -36,7 +35,7 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     if is_converted(name):
         return converted_dir(name)
     gguf = ensure_gguf(spec, quiet=quiet)
-    from engine.loader.convert import convert_gguf
+    from tiny_llm_playground.engine.loader.convert import convert_gguf
 
     return convert_gguf(gguf, converted_dir(name), sha256=spec.sha256, quiet=quiet)
 

@@ -14,18 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
-
-from engine.loader.manifest import get_spec
-from engine.loader.quantize import DEFAULT_QUANT, check_quant, quantize_weights, resolve_quant, weight_arrays
-from engine.models.qwen2 import ModelArgs, Qwen2Model, sanitize
-from engine.tokenizer import Tokenizer
+from tiny_llm_playground.engine.loader.manifest import get_spec
+from tiny_llm_playground.engine.loader.quantize import (
+    DEFAULT_QUANT,
+    check_quant,
+    quantize_weights,
+    resolve_quant,
+    weight_arrays,
+)
+from tiny_llm_playground.engine.models import CausalLM, model_module
+from tiny_llm_playground.engine.text import Tokenizer
 
 
 @dataclass
 class LoadedModel:
     name: str
     path: Path
-    model: Qwen2Model
+    model: CausalLM
     tokenizer: Tokenizer
     config: dict
     quant: str = "none"
@@ -38,7 +43,7 @@ def resolve_model_dir(name_or_path: str, *, quiet: bool = False) -> tuple[str, P
         return p.name, p
     if "/" in name_or_path or name_or_path.startswith("."):
         raise FileNotFoundError(f"model folder {name_or_path} does not exist")
-    from engine.loader.fetch import fetch
+    from tiny_llm_playground.engine.loader.fetch import fetch
 
     spec = get_spec(name_or_path)  # raises UnknownModelError listing the known names
     return spec.name, fetch(spec.name, quiet=quiet)
@@ -59,7 +64,7 @@ def load_weights(folder: Path) -> dict[str, mx.array]:
 def _layout(backend: str | None) -> str:
     """The quantized weights' layout the model's linear layers read fastest: the 16-row panel formats
     where they run on the cpu kernels and those read them (AVX-512 VNNI), else the row layout."""
-    import kernels
+    from tiny_llm_playground import kernels
 
     return "panels" if kernels.reads_panels(backend) else "rows"
 
@@ -77,12 +82,13 @@ def load_model(
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} is missing: a model folder needs config.json")
     config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    args = ModelArgs.from_dict(config)
-    weights = sanitize(load_weights(folder), args)
+    arch = model_module(config.get("model_type", "qwen2"))  # ValueError for an architecture we lack
+    args = arch.ModelArgs.from_dict(config)
+    weights = arch.sanitize(load_weights(folder), args)
     quant = resolve_quant(quant, folder)
     weights = quantize_weights(weights, quant, tied=args.tie_word_embeddings, folder=folder, layout=_layout(backend))
     mx.eval(weight_arrays(weights))
-    model = Qwen2Model(args, weights, backend=backend, consume=True)
+    model = arch.Model(args, weights, backend=backend, consume=True)
     del weights
     tokenizer = Tokenizer.from_dir(folder)
     return LoadedModel(name=name, path=folder, model=model, tokenizer=tokenizer, config=config, quant=quant)

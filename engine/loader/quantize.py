@@ -33,9 +33,8 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
-
-import kernels
-from kernels import BLOCK, QuantizedWeight, quantize
+from tiny_llm_playground import kernels
+from tiny_llm_playground.kernels import BLOCK, QuantizedWeight, quantize
 
 QUANT_MODES: tuple[str, ...] = ("auto", "gguf", "q8_0", "affine4", "none")
 DEFAULT_QUANT = "auto"
@@ -97,8 +96,7 @@ def _from_gguf_blocks(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Qua
 def gguf_quantized(gguf_file: Path, names: set[str]) -> dict[str, QuantizedWeight]:
     """The weights among `names` (HF names) that the GGUF stores as Q8_0 or Q5_0, as they are stored."""
     import gguf
-
-    from engine.loader.convert import hf_name
+    from tiny_llm_playground.engine.loader.convert import hf_name
 
     out = {}
     for t in gguf.GGUFReader(str(gguf_file)).tensors:

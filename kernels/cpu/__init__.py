@@ -2,7 +2,7 @@
 
 Rules it keeps:
 - Importing this package never fails: if the module is not built or does not load, `load()`
-  returns None and `load_error()` says why and how to build it (`python -m kernels.build`).
+  returns None and `load_error()` says why and how to build it (`python -m tiny_llm_playground.kernels.build`).
 - mlx.core is imported first, so the extension finds mlx's array type registered with nanobind.
 - Sources live next to this file (CMakeLists.txt, linear.cpp, threadpool.h, ...).
 """
@@ -15,7 +15,10 @@ from types import ModuleType
 
 import mlx.core  # noqa: F401  (must be loaded before the extension)
 
-BUILD_HINT = "build it with `python -m kernels.build` (needs cmake, a C++20 compiler, nanobind==3.1.0)"
+BUILD_HINT = (
+    "build it with `python -m tiny_llm_playground.kernels.build` (or rerun `bash scripts/setup.sh`; needs cmake,"
+    " a C++20 compiler, nanobind==3.1.0)"
+)
 
 _module: ModuleType | None = None
 _error: str | None = None

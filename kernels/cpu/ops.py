@@ -1,0 +1,90 @@
+"""The cpu backend: each op of kernels/ref.py, same name and arguments, run by the C++ extension.
+
+Rules it keeps:
+- Called only through kernels/registry.py after kernels/ops.py validated the inputs: these functions only
+  reshape to what the extension takes and call it.
+- float32 inputs only (`FLOAT32_ONLY`); the extension's ISA (AVX-512 / AVX2 / portable) is chosen at run time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import mlx.core as mx
+from tiny_llm_playground.kernels.cpu import BUILD_HINT, load, load_error
+
+FLOAT32_ONLY = True
+FIX_HINT = BUILD_HINT
+
+
+def unavailable() -> str | None:
+    """Why the extension cannot run here (not built, or failed to import), or None."""
+    return load_error()
+
+
+def panel_kernels() -> bool:
+    """True when the active ISA has the int8 GEMM that reads the panel formats (AVX-512 VNNI)."""
+    ext = load()
+    return ext is not None and bool(ext.panel_kernels())
+
+
+def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:
+    N, K = w.shape
+    lead = x.shape[:-1]
+    y = load().linear(x.reshape(math.prod(lead), K), w, b)  # (M, N)
+    return y.reshape(*lead, N)  # (..., N)
+
+
+def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
+    N, K = qw.shape
+    lead = x.shape[:-1]
+    y = load().quantized_linear(x.reshape(math.prod(lead), K), qw.q, qw.scales, qw.biases, b, qw.format, qw.high)
+    return y.reshape(*lead, N)  # (..., N)
+
+
+def flash_attention(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    causal: bool = True,
+    kv_lengths: mx.array | None = None,
+    mask: mx.array | None = None,
+) -> mx.array:
+    if mask is not None:
+        # The kernel takes one kind, float32 additive, at the full (B, H, L, S) shape: a boolean mask
+        # becomes 0 / -inf at its own (small) shape, then broadcast_to makes a view with stride 0 on the
+        # broadcast axes, which the kernel reads through its strides (never a (B, H, L, S) copy).
+        add = mx.where(mask, 0.0, -mx.inf) if mask.dtype == mx.bool_ else mask.astype(mx.float32)
+        mask = mx.broadcast_to(add, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+    return load().flash_attention(q, k, v, scale, causal, kv_lengths, mask)
+
+
+def decode_attention_rows(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    rows: list[tuple[mx.array, mx.array]],
+    lengths: list[int],
+    scale: float,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+    # The kernel writes each row's new key/value into the given buffers in place and returns only `out`.
+    out = load().decode_attention_rows(q, k, v, [a for r in rows for a in r], list(lengths), scale, list(after))
+    return out, list(rows)
+
+
+def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
+    D = x.shape[-1]
+    return load().rms_norm(x.reshape(-1, D), w, float(eps)).reshape(x.shape)
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    return load().swiglu(gate, up)
+
+
+def rope(x: mx.array, inv_freq: mx.array, offset: int | mx.array = 0, traditional: bool = False) -> mx.array:
+    if isinstance(offset, mx.array):
+        return load().rope(x, inv_freq, 0, offset, traditional)
+    return load().rope(x, inv_freq, offset, None, traditional)
