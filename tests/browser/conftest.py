@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.waits import UI_TIMEOUT_MS
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -93,6 +95,7 @@ def browser(server):
 def page(browser, server):
     """A fresh page on the app; records every request that leaves the server (there must be none)."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+    context.set_default_timeout(UI_TIMEOUT_MS)  # every click and fill: a busy page on a slow machine
     pg = context.new_page()
     origin = server.rstrip("/")
     pg.outside_requests = []
@@ -101,6 +104,6 @@ def page(browser, server):
         lambda r: None if r.url.startswith((origin, "data:", "blob:")) else pg.outside_requests.append(r.url),
     )
     pg.goto(server)
-    pg.wait_for_selector("#chat-input textarea", timeout=30_000)
+    pg.wait_for_selector("#chat-input textarea")
     yield pg
     context.close()

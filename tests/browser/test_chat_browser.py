@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.waits import REPLY_TIMEOUT_MS, UI_TIMEOUT_MS
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-REPLY_TIMEOUT_S = 120
 
 LAST_BOT = "() => { const m = document.querySelectorAll('#chat-box [data-testid=\"bot\"]');"
 LAST_BOT += " return m.length ? m[m.length - 1].innerText : null; }"
@@ -44,7 +45,7 @@ def test_chat_streams_reply_and_shows_stats(page):
 
     seen: list[str] = []  # every distinct assistant text observed before the stats line appeared
     stats = None
-    deadline = time.monotonic() + REPLY_TIMEOUT_S
+    deadline = time.monotonic() + REPLY_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         stats = page.evaluate(STATS)
         if stats:
@@ -53,7 +54,7 @@ def test_chat_streams_reply_and_shows_stats(page):
         if text and text.strip() and (not seen or text != seen[-1]):
             seen.append(text)
         time.sleep(0.05)
-    assert stats, f"no stats line within {REPLY_TIMEOUT_S} s; last text seen: {seen[-1:]!r}"
+    assert stats, f"no stats line within {REPLY_TIMEOUT_MS / 1000:.0f} s; last text seen: {seen[-1:]!r}"
     assert len(seen) >= 3, f"the reply did not stream (distinct texts seen while generating: {seen!r})"
     assert len(seen) - 1 >= 2, f"the text changed fewer than twice before the stats line: {seen!r}"
     assert len(seen[-1]) > len(seen[0]), "the streamed text did not grow"
@@ -72,10 +73,10 @@ def test_empty_message_shows_notice_not_traceback(page):
     page.fill("#chat-input textarea", "   ")
     page.click("#chat-send")
     notice = page.locator("#chat-stats .chat-error")
-    notice.wait_for(timeout=15_000)
+    notice.wait_for(timeout=UI_TIMEOUT_MS)
     assert "empty" in notice.inner_text()
     toast = page.get_by_text("The message is empty", exact=False).first
-    toast.wait_for(timeout=5_000)
+    toast.wait_for(timeout=UI_TIMEOUT_MS)
     assert page.evaluate(LAST_BOT) is None, "nothing was sent to the model"
     assert "Traceback" not in page.content()
 
@@ -86,7 +87,7 @@ def test_invalid_seed_shows_notice_and_engine_keeps_serving(page):
     page.fill("#chat-input textarea", "Say hi.")
     page.click("#chat-send")
     notice = page.locator("#chat-stats .chat-error")
-    notice.wait_for(timeout=15_000)
+    notice.wait_for(timeout=UI_TIMEOUT_MS)
     assert "seed" in notice.inner_text()
     assert "Traceback" not in page.content()
     assert page.input_value("#chat-input textarea") == "Say hi.", "a refused message stays in the box"
@@ -94,7 +95,7 @@ def test_invalid_seed_shows_notice_and_engine_keeps_serving(page):
     _set_number(page, "Seed (−1 = random)", "1")
     page.click("#chat-send")
     stats = page.locator("#chat-stats .chat-stats-line")
-    stats.wait_for(timeout=REPLY_TIMEOUT_S * 1000)
+    stats.wait_for(timeout=REPLY_TIMEOUT_MS)
     assert page.evaluate(LAST_BOT)
     new_tokens = int(stats.inner_text().split(" new tok")[0].split()[-1])
     assert 1 <= new_tokens <= 8, f"max new tokens (8) was not applied: {stats.inner_text()}"
@@ -107,9 +108,9 @@ def test_stop_cancels_reply(page):
     page.wait_for_function(
         "() => { const m = document.querySelectorAll('#chat-box [data-testid=\"bot\"]');"
         " return m.length && m[m.length - 1].innerText.length > 20; }",
-        timeout=REPLY_TIMEOUT_S * 1000,
+        timeout=REPLY_TIMEOUT_MS,
     )
     page.click("#chat-stop")
     stats = page.locator("#chat-stats .chat-stats-line")
-    stats.wait_for(timeout=15_000)
+    stats.wait_for(timeout=UI_TIMEOUT_MS)
     assert "cancelled" in stats.inner_text()

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.waits import REPLY_TIMEOUT_MS, UI_TIMEOUT_MS
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "assets" / "screenshots"
-REPLY_TIMEOUT_MS = 180_000
 TABS = {
     "Chat": "#chat-input textarea",
     "Attention": "#inspect-run",
@@ -58,7 +59,7 @@ def _open(pg, name: str) -> None:
 def test_every_tab_loads(page):
     for name, selector in TABS.items():
         _open(page, name)
-        page.locator(selector).first.wait_for(state="visible", timeout=30_000)
+        page.locator(selector).first.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
     assert "Traceback" not in page.content()
 
 
@@ -95,11 +96,11 @@ def test_reply_streams_as_tokens_and_click_shows_distribution(page):
     assert n >= 2 and len(counts) >= 2, f"token view did not stream: counts seen {sorted(counts)}"
 
     page.locator("#chat-tokens .tok").nth(2).click()
-    page.wait_for_function(f"() => ({DIST_TITLE})().includes('token 2 ')", timeout=30_000)
+    page.wait_for_function(f"() => ({DIST_TITLE})().includes('token 2 ')", timeout=UI_TIMEOUT_MS)
     assert page.input_value('input[aria-label="number input for Token #"]') == "2"
     assert page.locator("#chat-tokens .tok.sel").get_attribute("data-i") == "2"
     _set_slider(page, "Top-k", "2")  # redraws this step's distribution from the stored record
-    page.wait_for_function(f"() => ({DIST_TITLE})().includes('top-k 2 ')", timeout=30_000)
+    page.wait_for_function(f"() => ({DIST_TITLE})().includes('top-k 2 ')", timeout=UI_TIMEOUT_MS)
     assert "token 2 " in page.evaluate(DIST_TITLE)
     page.locator("#chat-stats").evaluate("e => e.scrollIntoView()")
     page.evaluate("window.scrollBy(0, -90)")
@@ -111,7 +112,7 @@ def test_too_long_prompt_shows_notice_not_traceback(page):
     page.fill("#chat-input textarea", "token " * 40_000)
     page.click("#chat-send")
     notice = page.locator("#chat-stats .chat-error")
-    notice.wait_for(timeout=60_000)
+    notice.wait_for(timeout=UI_TIMEOUT_MS)
     assert "context" in notice.inner_text() or "tokens" in notice.inner_text()
     assert "Traceback" not in page.content()
 
@@ -125,14 +126,16 @@ def _rows(pg, tag: str) -> list[str]:
 def test_two_sessions_generating_at_once_both_finish_and_show_as_rows(browser, server, page):
     other_ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     other = other_ctx.new_page()
+    other_ctx.set_default_timeout(UI_TIMEOUT_MS)
     try:
         other.goto(server)
-        other.wait_for_selector("#chat-input textarea", timeout=30_000)
+        other.wait_for_selector("#chat-input textarea", timeout=UI_TIMEOUT_MS)
         _open(page, "KV cache & batching")
         watcher_ctx = browser.new_context(viewport={"width": 1280, "height": 800})
         third = watcher_ctx.new_page()
+        watcher_ctx.set_default_timeout(UI_TIMEOUT_MS)
         third.goto(server)
-        third.wait_for_selector("#chat-input textarea", timeout=30_000)
+        third.wait_for_selector("#chat-input textarea", timeout=UI_TIMEOUT_MS)
         # Both messages are typed first and sent back to back, so the replies (up to 120 tokens: both stay
         # in the timeline's last 128 steps) run at the same time even when one ends early.
         for pg, text in ((other, "Write a long story about a cache that forgets things."),
@@ -149,7 +152,7 @@ def test_two_sessions_generating_at_once_both_finish_and_show_as_rows(browser, s
         assert "new tok" in _wait_done(other) and "new tok" in _wait_done(third)
         page.wait_for_function(
             "() => [...document.querySelectorAll('#batch-requests tr.done')].filter(r => r.innerText.includes('chat')).length >= 2",
-            timeout=30_000,
+            timeout=UI_TIMEOUT_MS,
         )
         labels = page.evaluate(
             "() => { const gd = document.querySelector('#batch-timeline .js-plotly-plot');"
@@ -168,32 +171,32 @@ def test_class_demo_adds_requests_that_appear(page):
     _set_slider(page, "Max tokens each", "256")
     page.click("#demo-start")
     page.wait_for_function("() => (document.querySelector('#demo-status')?.innerText || '').includes('Started 6')",
-                           timeout=60_000)  # fmt: skip
+                           timeout=UI_TIMEOUT_MS)  # fmt: skip
     status = page.inner_text("#demo-status")
     first, last = (int(x) for x in status.split("(#")[1].split(")")[0].split("–#"))
     assert last - first == 5
     page.wait_for_function(
         f"() => [...document.querySelectorAll('#batch-requests tr[data-rid]')].filter(r => +r.dataset.rid >= {first}"
         f" && +r.dataset.rid <= {last} && r.innerText.includes('demo')).length === 6",
-        timeout=60_000,
+        timeout=UI_TIMEOUT_MS,
     )
     page.wait_for_function(
         "() => { const gd = document.querySelector('#batch-timeline .js-plotly-plot');"
         " return gd && gd._fullData.length > 3 && gd._fullData[3].y && Array.from(gd._fullData[2].y).some(y => String(y).includes('demo')); }",
-        timeout=60_000,
+        timeout=UI_TIMEOUT_MS,
     )
     time.sleep(2)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "batching.png"))
     page.click("#demo-cancel")
     page.wait_for_function("() => (document.querySelector('#demo-status')?.innerText || '').includes('Cancelled')",
-                           timeout=30_000)  # fmt: skip
+                           timeout=UI_TIMEOUT_MS)  # fmt: skip
     assert "Traceback" not in page.content()
 
 
 def test_course_map_links_files_and_opens_tabs(page):
     _open(page, "Course map")
-    page.locator("#course-map table").wait_for(timeout=30_000)
+    page.locator("#course-map table").wait_for(timeout=UI_TIMEOUT_MS)
     rows = page.locator("#course-map tbody tr").count()
     assert rows == 16
     assert page.locator("#course-map tr.row-todo").count() >= 6
@@ -203,7 +206,7 @@ def test_course_map_links_files_and_opens_tabs(page):
     r = page.request.get(page.url.rstrip("/") + "/" + href)
     assert r.status == 200 and "def " in r.text(), href
     page.click("#course-open-batching")
-    page.locator("#batch-kpis .kpis").wait_for(state="visible", timeout=30_000)
+    page.locator("#batch-kpis .kpis").wait_for(state="visible", timeout=UI_TIMEOUT_MS)
 
 
 # In-page watcher of the batching view (times from the page's own clock, Date.now() in ms: Playwright's
@@ -262,30 +265,31 @@ def test_page_stays_responsive_during_a_16_request_class_demo(browser, server, p
     # All 16 admitted at some point, and now a step without prefill: every demo prompt is prefilled (a
     # request that hit EOS early may have left already, so "16 decoding at once" is not required).
     page.wait_for_function(
-        "() => window.__samples.some(s => s[3] >= 16) && window.__samples.at(-1)[5] === 0", timeout=120_000
+        "() => window.__samples.some(s => s[3] >= 16) && window.__samples.at(-1)[5] === 0", timeout=UI_TIMEOUT_MS
     )
     other_ctx = browser.new_context(viewport={"width": 1280, "height": 800})
     other = other_ctx.new_page()
+    other_ctx.set_default_timeout(UI_TIMEOUT_MS)
     try:
         other.goto(server)
-        other.wait_for_selector("#chat-input textarea", timeout=30_000)
+        other.wait_for_selector("#chat-input textarea", timeout=UI_TIMEOUT_MS)
         other.evaluate(ARM_REPLY)
         # A greedy reply of a few dozen tokens (a 2-token one could end between two redraws of the view).
         _set_slider(other, "Temperature", "0")
         _send(other, "Count from one to twenty, in words.", "48")
         other.locator("#chat-stats .chat-stats-line").wait_for(timeout=REPLY_TIMEOUT_MS)
-        other.wait_for_function("() => window.__done !== null", timeout=10_000)
+        other.wait_for_function("() => window.__done !== null", timeout=UI_TIMEOUT_MS)
         sent, first, done = other.evaluate("() => [window.__sent, window.__first, window.__done]")
         stats = other.inner_text("#chat-stats .chat-stats-line")
         assert "new tok" in stats and other.locator("#chat-tokens .tok").count() >= 1
         # Switching tabs in the watching page: the chat tab shows at once, the batching view redraws on return.
         _open(page, "Chat")
-        page.wait_for_function("() => window.__samples.at(-1)[4]", timeout=30_000)
+        page.wait_for_function("() => window.__samples.at(-1)[4]", timeout=UI_TIMEOUT_MS)
         _open(page, "KV cache & batching")
         page.wait_for_function(
             "() => { const c = window.__clicks; const before = window.__samples.filter(s => s[0] <= c['Chat']).at(-1);"
             " return window.__samples.some(s => s[0] >= c['KV cache & batching'] && s[1] > before[1]); }",
-            timeout=60_000,
+            timeout=UI_TIMEOUT_MS,
         )
         samples, clicks = page.evaluate("() => [window.__samples, window.__clicks]")
     finally:

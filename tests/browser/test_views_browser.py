@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.waits import REPLY_TIMEOUT_MS, UI_TIMEOUT_MS
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "assets" / "screenshots"
-INSPECT_TIMEOUT_MS = 180_000
 PROMPT = "def add(a, b):\n    return a + b\n\nprint(add(2, 3))"
 
 # The plotly graph div inside a gr.Plot keeps the figure's traces in `.data` (numpy arrays arrive base64
@@ -29,7 +30,7 @@ PLOT_INFO = """(id) => {
 }"""
 
 
-def plot_info(pg, elem_id: str, timeout_ms: int = 60_000, contains: str = "") -> dict:
+def plot_info(pg, elem_id: str, timeout_ms: int = UI_TIMEOUT_MS, contains: str = "") -> dict:
     pg.wait_for_function(
         f"() => {{ const r = ({PLOT_INFO})('{elem_id}'); return r && r.rows > 0 && r.title.includes({contains!r}); }}",
         timeout=timeout_ms,
@@ -52,7 +53,7 @@ def test_inspect_renders_attention_rope_and_lens(page):
     page.click("#inspect-run")
     page.wait_for_function(
         "() => (document.querySelector('#inspect-status')?.innerText || '').includes('Inspected ')",
-        timeout=INSPECT_TIMEOUT_MS,
+        timeout=REPLY_TIMEOUT_MS,
     )
     status = page.inner_text("#inspect-status")
     n_tokens = int(status.split("Inspected ")[1].split(" tokens")[0])
@@ -76,7 +77,7 @@ def test_inspect_renders_attention_rope_and_lens(page):
     plot_info(page, "attn-heatmap", contains="head 5")
     page.locator('#attn-overview td[data-l="3"][data-h="7"]').click()
     plot_info(page, "attn-heatmap", contains="layer 3 · head 7")
-    page.wait_for_selector('#attn-overview td.sel[data-l="3"][data-h="7"]', timeout=30_000)
+    page.wait_for_selector('#attn-overview td.sel[data-l="3"][data-h="7"]', timeout=UI_TIMEOUT_MS)
     assert page.input_value('#attn-layer input[type="number"]') == "3"
     assert page.input_value('#attn-head input[type="number"]') == "7"
     page.locator("#attn-overview .ov-legend").scroll_into_view_if_needed()
@@ -85,7 +86,7 @@ def test_inspect_renders_attention_rope_and_lens(page):
     shot(page, "attention_overview.png")
 
     open_tab(page, "RoPE")
-    pairs = plot_info(page, "rope-pairs", timeout_ms=60_000)
+    pairs = plot_info(page, "rope-pairs", timeout_ms=UI_TIMEOUT_MS)
     assert pairs["rows"] > 0
     rel = plot_info(page, "rope-relative")
     assert rel["rows"] == 513  # distances 0..512
@@ -106,7 +107,7 @@ def test_inspect_renders_attention_rope_and_lens(page):
     page.wait_for_function(
         "() => { const gd = document.querySelector('#lens-table .js-plotly-plot');"
         " return gd && gd._fullData && String(gd._fullData[0].x[0]).startsWith('0:'); }",
-        timeout=INSPECT_TIMEOUT_MS,
+        timeout=REPLY_TIMEOUT_MS,
     )
 
     assert "Traceback" not in page.content()
@@ -117,8 +118,8 @@ def test_empty_and_too_long_prompts_give_a_notice(page):
     open_tab(page, "Attention")
     page.fill("#inspect-prompt textarea", "  ")
     page.click("#inspect-run")
-    page.wait_for_selector("#inspect-status .inspect-error:has-text('empty')", timeout=30_000)
+    page.wait_for_selector("#inspect-status .inspect-error:has-text('empty')", timeout=UI_TIMEOUT_MS)
     page.fill("#inspect-prompt textarea", "x = 1\n" * 400)
     page.click("#inspect-run")
-    page.wait_for_selector("#inspect-status .inspect-error:has-text('limited to 512')", timeout=30_000)
+    page.wait_for_selector("#inspect-status .inspect-error:has-text('limited to 512')", timeout=UI_TIMEOUT_MS)
     assert "Traceback" not in page.content()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tiny_llm_playground.engine.layers import (
     RoPE,
+    attention,
     causal_mask,
     embedding,
     linear,
@@ -18,6 +19,7 @@ from tiny_llm_playground.engine.layers import (
     silu,
     softmax,
     swiglu_mlp,
+    visibility_mask,
 )
 
 from tests.utils import assert_allclose, tolerance
@@ -170,3 +172,77 @@ def test_swiglu_matches_mlx_lm_mlp():
     x = mx.random.normal((2, 3, 32), key=mx.random.key(16))
     got = swiglu_mlp(x, ref.gate_proj.weight, ref.up_proj.weight, ref.down_proj.weight, backend="ref")
     assert_allclose(got, ref(x), 1e-5, 1e-5, what="swiglu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0, 5, 300])
+def test_traditional_rope_matches_mx_fast_rope(dtype, offset):
+    """traditional=True rotates adjacent pairs (2i, 2i + 1), mx.fast.rope's traditional layout."""
+    x = mx.random.normal((2, 3, 9, 32), key=mx.random.key(21)).astype(dtype)
+    ref = mx.fast.rope(x, 32, traditional=True, base=10000.0, scale=1.0, offset=offset)
+    got = RoPE(32, 10000.0, traditional=True)(x, offset)
+    rtol, atol = tolerance(dtype)
+    atol = max(atol, 1e-4) if offset > 100 else atol  # float32 angles at position 300: ~3e-5 rad apart
+    assert_allclose(got, ref, rtol, atol, what="traditional rope")
+    rotate_half = RoPE(32, 10000.0)(x, offset)
+    assert float(mx.abs(got.astype(mx.float32) - rotate_half.astype(mx.float32)).max()) > 0.1, "layouts differ"
+
+
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("backend", ["ref", None])
+def test_rope_rotate_takes_projection_layout_on_every_backend(traditional, backend):
+    """`rotate` (what the model calls): (B, L, H, D) in, the readable rotation in (B, H, L, D) out, on the
+    readable path and on the fused kernel alike, with an int or per-row offsets."""
+    x = mx.random.normal((3, 5, 4, 16), key=mx.random.key(22))  # (B, L, H, D)
+    readable = RoPE(16, 1e4, traditional=traditional)
+    layer = RoPE(16, 1e4, traditional=traditional, backend=backend)
+    for offset in (7, mx.array([0, 3, 40])):
+        want = readable(x.transpose(0, 2, 1, 3), offset)
+        assert_allclose(layer.rotate(x, offset), want, 1e-5, 1e-5, what=f"rotate, offset {offset}")
+
+
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+def test_reductions_in_half_precision_with_large_values_stay_finite_and_right(dtype):
+    """Each readable op that reduces keeps its statistics in float32: a float16 sum of squares or of
+    products overflows past 65504 (a constant row of 100.0 normalised to 0.0 before the fix)."""
+    x = mx.full((2, 896), 100.0, dtype=dtype)
+    assert_allclose(rms_norm(x, mx.ones((896,), dtype=dtype), 1e-6), mx.ones((2, 896)), 1e-2, 1e-2, what="rms")
+    logits = mx.concatenate([mx.zeros((1, 70000)), mx.full((1, 1), 3.0)], axis=-1).astype(dtype)
+    p = softmax(logits)  # 70001 terms: their float16 sum would overflow
+    assert_allclose(p.astype(mx.float32).sum(-1), mx.array([1.0]), 1e-2, 1e-2, what="softmax sum")
+    q = mx.full((1, 2, 3, 64), 40.0, dtype=dtype)  # q . k = 64 * 1600 > 65504
+    k = mx.random.normal((1, 1, 3, 64), key=mx.random.key(23)).astype(dtype) * 40
+    v = mx.random.normal((1, 1, 3, 64), key=mx.random.key(24)).astype(dtype)
+    f32 = [a.astype(mx.float32) for a in (q, k, v)]
+    got = scaled_dot_product_attention(q, k, v, scale=1.0, mask="causal")
+    want = scaled_dot_product_attention(*f32, scale=1.0, mask="causal")
+    assert got.dtype == dtype and np.isfinite(np.array(got.astype(mx.float32))).all()
+    assert_allclose(got, want, 2e-2, 2e-2, what="attention")
+
+
+@pytest.mark.parametrize("backend", ["ref", None])
+def test_the_models_attention_entry_point_agrees_on_every_backend(backend):
+    """attention(): causal, non-causal and ragged rows (kv_lengths) and an extra mask array, the readable
+    math and the kernel giving the same result as the readable sdpa with the equivalent mask."""
+    q = mx.random.normal((2, 4, 3, 16), key=mx.random.key(25))
+    k = mx.random.normal((2, 2, 7, 16), key=mx.random.key(26))
+    v = mx.random.normal((2, 2, 7, 16), key=mx.random.key(27))
+    lengths = mx.array([7, 4], dtype=mx.int32)
+    ragged = visibility_mask(3, 7, lengths)  # (B, 1, L, S)
+    extra = mx.random.uniform(shape=(2, 1, 3, 7), key=mx.random.key(28)) > 0.2
+    extra = mx.logical_or(extra, mx.arange(7)[None, None, None, :] == 0)
+    cases = [
+        ({"mask": "causal"}, "causal"),
+        ({"mask": None}, None),
+        ({"mask": "causal", "kv_lengths": lengths}, ragged),
+        (
+            {"mask": extra, "kv_lengths": lengths},
+            extra & (mx.arange(7)[None, None, None, :] < lengths[:, None, None, None]),
+        ),
+    ]
+    for kwargs, ref_mask in cases:
+        got = attention(q, k, v, scale=0.25, backend=backend, **kwargs)
+        want = scaled_dot_product_attention(q, k, v, scale=0.25, mask=ref_mask)
+        assert_allclose(got, want, 1e-5, 1e-5, what=str(list(kwargs)))
+    with pytest.raises(ValueError, match="unknown mask"):
+        attention(q, k, v, scale=0.25, mask="sliding", backend=backend)
