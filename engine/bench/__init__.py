@@ -1,4 +1,4 @@
-"""`python -m engine bench`: the engine's speed figures, with a peer measured in the same run.
+"""`tinyllm bench`: the engine's speed figures, with a peer measured in the same run.
 
 - `prompts`     deterministic token ids cut from real text (the engine and the peers get the same ids)
 - `measure`     single stream, N concurrent requests, and the week-1 no-cache path, through one `Engine`

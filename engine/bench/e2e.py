@@ -24,16 +24,7 @@ import time
 
 import mlx.core as mx
 from tiny_llm_playground.engine.loader import load_model
-
-
-def best(fn, reps: int) -> float:
-    fn()
-    out = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - t0)
-    return out
+from tiny_llm_playground.kernels.bench.timing import best_time
 
 
 def prefill_tps(model, L: int, reps: int) -> float:
@@ -43,7 +34,7 @@ def prefill_tps(model, L: int, reps: int) -> float:
         cache = model.make_cache()
         mx.eval(model(ids, cache, last_only=True))
 
-    return L / best(run, reps)
+    return L / best_time(run, reps)
 
 
 def decode_tps(model, prompt: int, steps: int, reps: int) -> float:
@@ -125,7 +116,7 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
         mx.eval(outs)
 
     return {
-        name: 1e3 * best(fn, reps)
+        name: 1e3 * best_time(fn, reps)
         for name, fn in (("linear", linears), ("attention", attention), ("rms_norm", norms),
                          ("rope", ropes), ("swiglu", swiglus))
     }  # fmt: skip

@@ -1,4 +1,4 @@
-"""`python -m engine bench`: options, the order the measurements run in, and the result object.
+"""`tinyllm bench`: options, the order the measurements run in, and the result object.
 
 Order (progress lines go to stderr): load the engine (and start the peer in its own process) -> warm both
 up -> single stream, alternating engine and peer, `reps` times -> each concurrency level -> the no-cache
@@ -343,7 +343,7 @@ def _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, pee
         )
     return {
         "schema": 1,
-        "command": "python -m engine bench",
+        "command": "tinyllm bench",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
             "platform": platform.platform(),
@@ -393,7 +393,7 @@ def format_report(res: dict) -> str:
     name = peer["name"] if peer else None
     single = eng["single"]
     lines = [
-        f"python -m engine bench: {res['model']} ({res['quant']}, backend {res['backend']}),"
+        f"tinyllm bench: {res['model']} ({res['quant']}, backend {res['backend']}),"
         f" {res['machine']['cores']} cores, prompt {res['prompt_len']} tokens, {res['gen']} new tokens,"
         f" median of {res['reps']}",
         f"prompt ids: request 0 sha256 {res['prompt']['request0_sha256']} (the peer gets the same ids)",

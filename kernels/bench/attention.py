@@ -11,21 +11,11 @@ cpu's speed-up over ref. The CPU is shared (web server, other jobs), so best-of-
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 
 import mlx.core as mx
 from tiny_llm_playground import kernels
-
-
-def best_time(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+from tiny_llm_playground.kernels.bench.timing import best_time
 
 
 def row(label: str, fn_for: Callable[[str], Callable[[], None]], reps: int) -> str:

@@ -12,31 +12,16 @@ projections: M in (1, 16, 128, 512) x (896->4864, 4864->896, 896->896, 896->128)
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import mlx.core as mx
 import numpy as np
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
+from tiny_llm_playground.kernels.bench.timing import best_time
 
 # (K, N): y (M, N) = x (M, K) @ w (N, K).T
 PROJECTIONS: list[tuple[int, int]] = [(896, 4864), (4864, 896), (896, 896), (896, 128)]
 LM_HEAD: tuple[int, int] = (896, 151936)
-
-
-def best_time(fn: Callable[[], object], reps: int, budget_s: float) -> float:
-    """Best wall time of fn() over up to `reps` runs (at least 2, stop early past budget_s)."""
-    fn()  # warm-up: allocations, thread start, caches
-    best = float("inf")
-    start = time.perf_counter()
-    for i in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-        if i >= 1 and time.perf_counter() - start > budget_s:
-            break
-    return best
 
 
 def shapes(quick: bool) -> list[tuple[int, int, int]]:

@@ -18,7 +18,8 @@ import argparse
 import mlx.core as mx
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
-from tiny_llm_playground.kernels.bench.linear import LM_HEAD, PROJECTIONS, best_time
+from tiny_llm_playground.kernels.bench.linear import LM_HEAD, PROJECTIONS
+from tiny_llm_playground.kernels.bench.timing import best_time
 
 
 def formats() -> tuple[str, ...]:

