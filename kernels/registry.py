@@ -113,10 +113,25 @@ def _warn_fallback_once(op: str) -> None:
     _log.warning(msg)
 
 
+_chosen: dict[tuple, Callable] = {}  # (op, backend, float32, on a CPU device) -> implementation, once chosen
+
+
 def select(op: str, backend: str | None, *, float32: bool = True) -> Callable:
     """The implementation of `op` on `backend` (None = the default choice for inputs that are all float32
     when `float32`, else for other dtypes). Raises ValueError for unknown names or dtypes a named backend
-    does not take, RuntimeError when a named backend cannot run here or has no kernel for `op`."""
+    does not take, RuntimeError when a named backend cannot run here or has no kernel for `op`.
+
+    Every op call of every step asks, so a choice is made once per (op, backend, dtypes, kind of device)
+    and kept (a backend's availability does not change in a process; a test that fakes it replaces
+    `_chosen`). The device enters as CPU or not: mlx's Device objects hash by identity."""
+    key = (op, backend, float32, mx.default_device() == mx.cpu)
+    fn = _chosen.get(key)
+    if fn is None:
+        fn = _chosen[key] = _select(op, backend, float32)
+    return fn
+
+
+def _select(op: str, backend: str | None, float32: bool) -> Callable:
     if backend is None:
         name = default_backend(op)
         if name != "ref" and not float32 and getattr(backend_module(name), "FLOAT32_ONLY", False):

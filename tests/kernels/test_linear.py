@@ -244,6 +244,7 @@ def test_missing_extension_falls_back_to_ref_with_one_warning(monkeypatch: pytes
     monkeypatch.setattr(kcpu, "_error", "extension not built (test)")
     monkeypatch.setattr(kcpu, "_tried", True)
     monkeypatch.setattr(registry, "_warned_fallback", False)
+    monkeypatch.setattr(registry, "_chosen", {})  # the choices made while the extension loaded
     assert kernels.available_backends()["cpu"].startswith("unavailable: extension not built")
     assert kernels.backend_for("linear") == "ref"
     x, w, b = make((3, 8), 5, bias=True)
