@@ -13,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+
 from tiny_llm_playground.app.tabs import attention, batching, chat, course, lens, rope  # noqa: E402
 from tiny_llm_playground.app.tabs.inspection import InspectionStore  # noqa: E402
 from tiny_llm_playground.app.theme import CSS, THEME  # noqa: E402

@@ -127,6 +127,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_logits(args: argparse.Namespace) -> int:
     import numpy as np
+
     from tiny_llm_playground.engine.generate import last_logits
     from tiny_llm_playground.engine.loader import load_model
     from tiny_llm_playground.engine.serve.sequence import check_prompt

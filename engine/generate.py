@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import mlx.core as mx
 import numpy as np
-from tiny_llm_playground.engine.events import ErrorEvent, FinishEvent, RequestEvent, TokenEvent
+
+from tiny_llm_playground.engine.events import FinishEvent, RequestEvent, TokenEvent
 from tiny_llm_playground.engine.models import CausalLM
 from tiny_llm_playground.engine.sampling import SamplingParams
 from tiny_llm_playground.engine.serve.config import EngineConfig
@@ -39,20 +40,17 @@ def generate(
     use_cache: bool = True,
 ) -> Iterator[TokenEvent | FinishEvent]:
     """Stream tokens for one prompt. Stops on an EOS token (unless `params.ignore_eos`), a stop string, or
-    max_tokens / the context. Raises PromptError for an empty prompt or one that fills the context, and
-    RuntimeError (from the original error) when a forward fails."""
+    max_tokens / the context. Raises PromptError for an empty prompt or one that fills the context; an
+    error inside a forward or the sampler comes out as it was raised."""
     events: deque[RequestEvent] = deque()
     context = model.args.max_position_embeddings
     seq = Sequence(0, prompt_ids, params, context=context, tokenizer=tokenizer, emit=events.append)
     n = len(seq.prompt_ids)  # the whole prompt in the first step, as one forward
     config = EngineConfig(max_batch=1, max_waiting=1, prefill_chunk=n, max_tokens_per_step=n,
                           cache_tokens=seq.cache_need, recent_steps=0)  # fmt: skip
-    core = EngineCore(model, config, use_cache=use_cache)
+    core = EngineCore(model, config, use_cache=use_cache, raise_errors=True)
     core.add(seq)
     while core.has_work:
         core.step()
         while events:
-            ev = events.popleft()
-            if isinstance(ev, ErrorEvent):
-                raise RuntimeError(ev.message) from seq.error
-            yield ev
+            yield events.popleft()

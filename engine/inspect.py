@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import mlx.core as mx
 import numpy as np
+
 from tiny_llm_playground.engine.layers import embedding, scaled_dot_product_attention
 from tiny_llm_playground.engine.models.qwen2 import Model, TransformerBlock
 

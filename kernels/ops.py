@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 
 import mlx.core as mx
+
 from tiny_llm_playground.kernels import registry
-from tiny_llm_playground.kernels.quant import BLOCK, PANEL_ROWS, QuantizedWeight, repack
+from tiny_llm_playground.kernels.quant import QuantizedWeight
 from tiny_llm_playground.kernels.registry import BACKENDS, OPS
 
 __all__ = [
@@ -108,26 +109,28 @@ def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None
 def panel_kernels() -> bool:
     """True when the cpu backend can read the panel formats (q8_0x16, q5_0x16): the extension is built
     and the active ISA has the int8 GEMM (AVX-512 VNNI)."""
-    return registry.unavailable("cpu") is None and registry.backend_module("cpu").panel_kernels()
+    return reads_panels("cpu")
+
+
+def _layout_backend(backend: str | None):
+    return registry.backend_module(backend or backend_for("quantized_linear"))
 
 
 def reads_panels(backend: str | None = None) -> bool:
-    """Whether `quantized_linear` on `backend` (None = the default one) reads the panel formats: it runs
-    on the cpu kernels and those have the int8 GEMM (`panel_kernels`)."""
-    return (backend or backend_for("quantized_linear")) == "cpu" and panel_kernels()
+    """Whether `quantized_linear` on `backend` (None = the default one) reads the 16-row panel formats
+    (its backend module says so; today the cpu kernels with the int8 GEMM)."""
+    module = _layout_backend(backend)
+    return hasattr(module, "reads_panels") and bool(module.reads_panels())
 
 
 def for_backend(qw: QuantizedWeight, backend: str | None = None) -> QuantizedWeight:
-    """The layout `quantized_linear` reads fastest on `backend` (None = the default one): q8_0 / q5_0
-    repacked into 16-row panels (`repack`) where the cpu kernels read them and the shape allows
-    (N % 16 == 0, K % 64 == 0 for q5_0); anything else unchanged. Exact: the same blocks, reordered."""
-    if not isinstance(qw, QuantizedWeight) or qw.format not in ("q8_0", "q5_0") or not reads_panels(backend):
+    """The layout `quantized_linear` reads fastest on `backend` (None = the default one), as its backend
+    module's `preferred_layout` gives it (the cpu kernels with the int8 GEMM: q8_0 / q5_0 repacked into
+    16-row panels where the shape allows); anything else unchanged. Exact: the same blocks, reordered."""
+    if not isinstance(qw, QuantizedWeight):
         return qw
-    N, K = qw.shape
-    panel = qw.format + "x16"
-    if N % PANEL_ROWS or K % BLOCK[panel]:
-        return qw
-    return repack(qw)
+    layout = getattr(_layout_backend(backend), "preferred_layout", None)
+    return qw if layout is None else layout(qw)
 
 
 def quantized_linear(

@@ -328,15 +328,24 @@ def dequantize(qw: QuantizedWeight) -> mx.array:
     return (q * s + b).reshape(N, K)
 
 
+def stackable(a: object, b: object) -> bool:
+    """Whether two weights can be stacked along N into one QuantizedWeight: both quantized, with one
+    format, one K and one dtype of scales."""
+    return (
+        isinstance(a, QuantizedWeight)
+        and isinstance(b, QuantizedWeight)
+        and a.format == b.format
+        and a.shape[1] == b.shape[1]
+        and getattr(a.scales, "dtype", None) == getattr(b.scales, "dtype", None)
+    )
+
+
 def concat_rows(qws: list[QuantizedWeight]) -> QuantizedWeight | None:
     """The weights stacked along N (one matmul instead of several on the same x), or None when they
-    do not share a format, K and the dtype of their scales. The result owns new arrays."""
-    if not qws or any(not isinstance(w, QuantizedWeight) for w in qws):
+    are not all `stackable` with the first. The result owns new arrays."""
+    if not qws or not all(stackable(qws[0], w) for w in qws):
         return None
     fmt, K = qws[0].format, qws[0].shape[1]
-    sdt = getattr(qws[0].scales, "dtype", None)
-    if any(w.format != fmt or w.shape[1] != K or getattr(w.scales, "dtype", None) != sdt for w in qws):
-        return None
 
     def cat(name: str) -> mx.array | None:
         parts = [getattr(w, name) for w in qws]
@@ -359,4 +368,5 @@ __all__ = [
     "repack",
     "unpack",
     "round_activations_q8",
+    "stackable",
 ]

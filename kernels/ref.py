@@ -2,7 +2,7 @@
 
 Rules it keeps:
 - One function per op, same signature and semantics as the public op, no validation (the public
-  wrapper in `kernels/__init__.py` validates before dispatch).
+  wrapper in `kernels/ops.py` validates before dispatch).
 - No tricks: these are the definitions the fast backends are tested against.
 """
 

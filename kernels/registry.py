@@ -68,12 +68,19 @@ def unavailable(name: str) -> str | None:
     return module.unavailable() if hasattr(module, "unavailable") else None
 
 
+def _hint(name: str) -> str:
+    hint = getattr(backend_module(name), "FIX_HINT", "")
+    return f"; {hint}" if hint else ""
+
+
 def status(name: str) -> str:
-    """'ok' (it runs here and has kernels), or 'unavailable: <reason>'."""
+    """'ok' (it runs here and has kernels), or 'unavailable: <reason>' (and how to fix it, when known)."""
     reason = unavailable(name)
-    if reason is None and not any(implements(name, op) for op in OPS):
-        reason = f"no {name} kernels are written yet"
-    return "ok" if reason is None else f"unavailable: {reason}"
+    if reason is not None:
+        return f"unavailable: {reason}{_hint(name)}"
+    if not any(implements(name, op) for op in OPS):
+        return f"unavailable: no {name} kernels are written yet"
+    return "ok"
 
 
 def implements(name: str, op: str) -> bool:
@@ -109,7 +116,7 @@ def _warn_fallback_once(op: str) -> None:
         "reference mx ops, which are MUCH slower (on CPU: netlib BLAS, one thread)."
         + (f" To fix: {hint}." if hint else "")
     )
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+    warnings.warn(msg, RuntimeWarning, stacklevel=5)  # the frame that called the kernel op
     _log.warning(msg)
 
 
@@ -142,7 +149,7 @@ def _select(op: str, backend: str | None, float32: bool) -> Callable:
     module = backend_module(backend)  # ValueError for an unknown name
     reason = unavailable(backend)
     if reason is not None:
-        raise RuntimeError(f"{op}: backend {backend!r} unavailable: {reason}")
+        raise RuntimeError(f"{op}: backend {backend!r} unavailable: {reason}{_hint(backend)}")
     if not implements(backend, op):
         raise RuntimeError(f"{op}: backend {backend!r} has no {op} kernel")
     if not float32 and getattr(module, "FLOAT32_ONLY", False):

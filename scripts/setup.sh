@@ -19,7 +19,7 @@ echo "== installing dependencies"
 echo "== building the CPU kernels (C++ MLX extension)"
 if ! .venv/bin/python -m tiny_llm_playground.kernels.build; then
   echo "WARNING: the CPU kernel extension did not build; the engine falls back to the slow reference" >&2
-  echo "WARNING: backend. See the build output above; \`python -m engine info\` shows the backends." >&2
+  echo "WARNING: backend. See the build output above; \`.venv/bin/tinyllm info\` shows the backends." >&2
 fi
 
 echo "== fetching the model"

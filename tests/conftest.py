@@ -63,9 +63,9 @@ def real_lm_q8(real_model_dir):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A converted tiny random Qwen2 folder (byte-level tokenizer, chat template) for fast engine tests."""
     import numpy as np
-    from tiny_llm_playground.engine.loader.convert import convert_gguf
 
     from tests.utils import TINY_GGUF_CONFIG, tiny_weights, write_tiny_gguf
+    from tiny_llm_playground.engine.loader.convert import convert_gguf
 
     d = tmp_path_factory.mktemp("tiny")
     weights = {k: np.array(v) for k, v in tiny_weights(TINY_GGUF_CONFIG, seed=21).items()}

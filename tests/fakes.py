@@ -3,9 +3,11 @@
 `ScriptedModel` implements what the engine needs of a model (engine.models.CausalLM): ids (B, L) and
 per-layer caches in, logits out. Its logits follow a script, `script(context) -> next token id` (or a
 whole (V,) logits vector), where `context` is every token of that row so far. It keeps each row's tokens
-in the real KV cache it is given (a token id is stored as a one-number key), so a test sees the engine's
-own cache views, lengths and padding at work: a wrong length or a row mixed up with another changes the
-context the script sees, and so the tokens. Speculative decoding and scheduler tests script target and
+in the real KV cache it is given (a token id is stored as a one-number key, through the cache's
+`update_and_fetch`), and checks the positions the cache reports (`offset`, what a real model's RoPE reads)
+against what its rows hold, so a test sees the engine's own cache views, lengths and padding at work: a
+wrong length or a row mixed up with another changes the context the script sees, and so the tokens. (Real
+tensors and the fused `attend` path are the tiny random model's tests: tests/engine/serve/test_batching.py.) Speculative decoding and scheduler tests script target and
 draft models this way.
 
 `ByteTokenizer`: ids 0..255 are bytes, 256 is EOS; text is UTF-8 (what engine.text's detokenizer and stop
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
+
 from tiny_llm_playground.engine.cache import DenseKVCache, make_cache
 
 Script = Callable[[tuple[int, ...]], "int | np.ndarray"]
@@ -60,6 +63,10 @@ class ScriptedModel:
         if cache is None:
             return [ids[b].tolist() for b in range(B)]
         c = cache[0]
+        before = c.offset  # what a real model's RoPE would read: each row's tokens so far
+        positions = [before] * B if isinstance(before, int) else before.tolist()
+        if isinstance(c, DenseKVCache) and c.lengths and positions != c.lengths:
+            raise AssertionError(f"the cache's offset {positions} is not what its rows hold {c.lengths}")
         as_keys = ids.astype(mx.float32).reshape(B, 1, L, 1)  # one number per token: its id
         keys, _ = c.update_and_fetch(as_keys, as_keys)  # (B, 1, S, 1), rows right-padded
         lengths = c.lengths if isinstance(c, DenseKVCache) else [keys.shape[2]] * B

@@ -64,6 +64,7 @@ def mlx_lm_last_logits(model, ids: list[int]):
 def main() -> None:
     import numpy as np
     from mlx_lm.utils import load_model as mlx_lm_load
+
     from tiny_llm_playground.engine.loader import fetch
     from tiny_llm_playground.engine.text import Tokenizer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -83,6 +84,35 @@ def model_matmul_weights(model) -> list:
     return out
 
 
+@dataclass(frozen=True)
+class Reference:
+    token_ids: tuple[int, ...]
+    reason: str
+    text: str
+
+
+def reference_generate(model, tokenizer, prompt_ids: list[int], params) -> Reference:
+    """One prompt's generation written out independently of the engine's serving code (no Sequence,
+    scheduler, runner or cache views): the model with its own fresh cache, one forward per token, the
+    request's sampler, EOS (unless ignore_eos) and the length limit; no stop strings. The reference the
+    batching tests hold the engine to."""
+    from tiny_llm_playground.engine.sampling import Sampler
+
+    cache, sampler, out = model.make_cache(), Sampler(params), []
+    max_new = min(params.max_tokens, model.args.max_position_embeddings - len(prompt_ids))
+    eos = frozenset() if params.ignore_eos else frozenset(tokenizer.eos_token_ids)
+    logits = model(mx.array([prompt_ids]), cache, last_only=True)[0, -1]
+    reason = "length"
+    while len(out) < max_new:
+        token = sampler(np.array(logits, dtype=np.float32), [*prompt_ids, *out]).token
+        if token in eos:
+            reason = "eos"
+            break
+        out.append(token)
+        logits = model(mx.array([[token]]), cache, last_only=True)[0, -1]
+    return Reference(tuple(out), reason, tokenizer.decode(out))
+
+
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """KL(P || Q) between the softmax distributions of two logit vectors, in nats."""
     lp = p_logits.astype(np.float64) - np.logaddexp.reduce(p_logits.astype(np.float64))
@@ -153,6 +183,7 @@ def write_tiny_gguf(path: Path, config: dict, weights: dict[str, np.ndarray]) ->
     """A tiny qwen2 GGUF and a byte-level vocab: 2-D weights with K % 32 == 0 in Q5_0 (q, o, gate, up)
     or Q8_0 (the others), the rest F32."""
     import gguf
+
     from tiny_llm_playground.engine.loader.convert import _GLOBAL_MAP, _LAYER_MAP
     from tiny_llm_playground.engine.text import bytes_to_unicode
 

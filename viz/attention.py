@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+
 from tiny_llm_playground.viz.layout import (
     FONT_SIZE,
     INK,

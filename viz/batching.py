@@ -1,7 +1,7 @@
 """Pictures of continuous batching: KV-cache occupancy per request, the step timeline, per-request latency.
 
-Pure functions of the engine's published data (engine.core.RequestState / StepEvent,
-engine.runtime.RequestTiming, or anything with the same attributes); nothing here touches the engine.
+Pure functions of the engine's published data (engine.events: RequestState, StepEvent, RequestTiming, or
+anything with the same attributes); nothing here touches the engine.
 Colours: decode rows blue circles, prefill chunks orange squares (shape and colour both differ, so the
 timeline also reads in greyscale and under colour-vision deficiencies).
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from tiny_llm_playground.viz.layout import BLUE, GREEN, GREY, ORANGE, SKY, VERMILLION, message_figure, style
 
 STATUS_COLOURS = {"waiting": GREY, "prefilling": ORANGE, "decoding": BLUE}

@@ -11,6 +11,7 @@ import html
 
 import numpy as np
 import plotly.graph_objects as go
+
 from tiny_llm_playground.viz.layout import FONT_SIZE, MONO_FAMILY, short, style
 
 

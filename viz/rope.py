@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+
 from tiny_llm_playground.viz.layout import BLUE, FONT_SIZE, GREY, HEATMAP_SCALE, ORANGE, VERMILLION, style
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
+
 from tiny_llm_playground.engine.sampling import filter_masks
 from tiny_llm_playground.viz.layout import BLUE, GREY, INK, MONO_FAMILY, ORANGE, SKY, VERMILLION, short, style
 

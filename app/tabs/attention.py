@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
 from tiny_llm_playground.app.tabs.inspection import (
     NOTHING_YET,
     InspectionStore,

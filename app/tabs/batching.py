@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
 from tiny_llm_playground.engine import EngineBusyError, RequestHandle, SamplingParams
 from tiny_llm_playground.viz.batching import cache_occupancy, requests_table_html, step_timeline, summary_html
 

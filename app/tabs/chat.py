@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
 from tiny_llm_playground.engine import (
     Engine,
     EngineBusyError,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
 from tiny_llm_playground.app.tabs.inspection import (
     LENS_WINDOW,
     NOTHING_YET,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+
 from tiny_llm_playground.app.tabs.inspection import NOTHING_YET, InspectionStore, session_of, status_html
 from tiny_llm_playground.viz.layout import message_figure
 from tiny_llm_playground.viz.rope import rope_angle_heatmap, rope_pairs, rope_relative_scores, rope_spectrum

@@ -23,6 +23,7 @@ import argparse
 import time
 
 import mlx.core as mx
+
 from tiny_llm_playground.engine.loader import load_model
 from tiny_llm_playground.kernels.bench.timing import best_time
 
@@ -125,6 +126,7 @@ def profile_decode(model, S: int, reps: int) -> dict[str, float]:
 def profile_layouts(model, reps: int) -> None:
     """Per matrix kind of a decode step (24 layers each): the model's layout vs the row formats."""
     import numpy as np
+
     from tiny_llm_playground import kernels
     from tiny_llm_playground.engine.layers import linear
 

@@ -10,7 +10,10 @@ Which feature needs which method (a cache that lacks one raises, and callers che
 - `offset`, `attend`: every generation with a cache.
 - `update_and_fetch`: the course's week-1/2 API (store, then get every stored key back as one array);
   tests and the readable path use it.
-- `can_rewind` / `rewind(n)`: speculative decoding drops rejected draft tokens (callers check `can_rewind`).
+- `can_rewind` / `rewind(n)`: speculative decoding drops rejected draft tokens (callers check `can_rewind`),
+  on a cache that counts its own tokens. Inside the engine a sequence's position is counted once, in
+  `Sequence.num_cached`, and each forward's caches are views built from it: the engine rewinds a sequence
+  by lowering that count (what the views then hold past it is overwritten by the next tokens).
 - `release()`: give the storage back (a paged cache returns its blocks to the pool).
 - `nbytes` / `used_nbytes`: what the KV-cache view of the playground shows.
 """
@@ -28,7 +31,8 @@ class KVCache(ABC):
     @property
     @abstractmethod
     def offset(self) -> int | mx.array:
-        """Position of each row's first new token: an int when B == 1 (or every row is alike), else (B,)."""
+        """Position of each row's first new token: an int while every row holds as many tokens (always for
+        B == 1), else (B,) per row."""
 
     @abstractmethod
     def attend(self, q: mx.array, keys: mx.array, values: mx.array, *, scale: float, backend: str | None) -> mx.array:

@@ -20,6 +20,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.cache.base import KVCache
 from tiny_llm_playground.engine.layers.attention import attention
@@ -92,14 +93,16 @@ class DenseKVBuffer:
 class DenseKVCache(KVCache):
     """One layer's dense cache for B rows: row b's tokens live in `rows[b]`, `lengths[b]` of them.
 
-    `DenseKVCache()` starts one empty row of its own (the course's cache); `DenseKVCache.over(rows,
-    lengths)` is a view the engine builds for one forward over its sequences' buffers. `offset` is an int
-    for one row and (B,) per-row positions otherwise (RoPE rotates each row at its own position).
+    `DenseKVCache()` is the course's cache: empty, it takes its rows (as many as the first keys stored
+    have) and counts their tokens itself. `DenseKVCache.over(rows, lengths)` is a view the engine builds for
+    one forward over its sequences' buffers. `offset` is an int while every row holds as many tokens, and
+    (B,) per-row positions otherwise (RoPE rotates each row at its own position).
     """
 
     def __init__(self, step: int = 256) -> None:
-        self.rows = [DenseKVBuffer(step)]
-        self.lengths = [0]
+        self.step = step
+        self.rows: list[DenseKVBuffer] = []
+        self.lengths: list[int] = []
         self._positions: mx.array | None = None
 
     @classmethod
@@ -108,14 +111,21 @@ class DenseKVCache(KVCache):
         already made it (one forward's layers share it)."""
         if not rows or len(rows) != len(lengths):
             raise ValueError(f"a dense cache needs one length per row, got {len(rows)} rows, {len(lengths)} lengths")
-        cache = cls.__new__(cls)
+        cache = cls(rows[0].step)
         cache.rows, cache.lengths, cache._positions = list(rows), [int(n) for n in lengths], positions
         return cache
 
+    def _take_rows(self, B: int) -> None:
+        """An empty self-counting cache takes B rows at its first store; afterwards B must match."""
+        if not self.rows:
+            self.rows, self.lengths = [DenseKVBuffer(self.step) for _ in range(B)], [0] * B
+        elif B != len(self.rows):
+            raise ValueError(f"{B} rows of keys for a cache of {len(self.rows)} rows")
+
     @property
     def offset(self) -> int | mx.array:
-        if len(self.rows) == 1:
-            return self.lengths[0]
+        if not self.lengths or min(self.lengths) == max(self.lengths):
+            return self.lengths[0] if self.lengths else 0
         if self._positions is None:
             self._positions = mx.array(self.lengths)  # (B,)
         return self._positions
@@ -126,8 +136,7 @@ class DenseKVCache(KVCache):
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         B, _, L, _ = keys.shape
-        if B != len(self.rows):
-            raise ValueError(f"{B} rows of keys for a cache of {len(self.rows)} rows")
+        self._take_rows(B)
         for b, (buf, n) in enumerate(zip(self.rows, self.lengths, strict=True)):
             buf.write(n, keys[b : b + 1] if B > 1 else keys, values[b : b + 1] if B > 1 else values)
         self._advance(L)
@@ -145,10 +154,12 @@ class DenseKVCache(KVCache):
         return k, v
 
     def attend(self, q: mx.array, keys: mx.array, values: mx.array, *, scale: float, backend: str | None) -> mx.array:
+        self._take_rows(keys.shape[0])
         if keys.shape[2] == 1 and backend != "ref":
             return self._decode_step(q, keys, values, scale, backend)
         k, v = self.update_and_fetch(keys, values)  # (B, H_kv, S, D)
-        lengths = None if len(self.rows) == 1 else mx.array(self.lengths, dtype=mx.int32)  # (B,)
+        ragged = min(self.lengths) != max(self.lengths)
+        lengths = mx.array(self.lengths, dtype=mx.int32) if ragged else None  # (B,): right padding is ignored
         return attention(q, k, v, scale=scale, kv_lengths=lengths, backend=backend)
 
     def _decode_step(self, q: mx.array, k: mx.array, v: mx.array, scale: float, backend: str | None) -> mx.array:
@@ -170,20 +181,21 @@ class DenseKVCache(KVCache):
 
     @property
     def keys(self) -> mx.array | None:
-        """Row 0's key buffer (1, H_kv, capacity, D): the course's one-row cache API."""
-        return self.rows[0].keys
+        """Row 0's key buffer (1, H_kv, capacity, D), None before the first store: the one-row cache API."""
+        return self.rows[0].keys if self.rows else None
 
     @property
     def values(self) -> mx.array | None:
-        return self.rows[0].values
+        return self.rows[0].values if self.rows else None
 
     @property
     def can_rewind(self) -> bool:
         return True
 
     def rewind(self, n: int) -> None:
-        if not 0 <= n <= min(self.lengths):
-            raise ValueError(f"cannot rewind {n} tokens from a cache holding {min(self.lengths)}")
+        held = min(self.lengths, default=0)
+        if not 0 <= n <= held:
+            raise ValueError(f"cannot rewind {n} tokens from a cache holding {held}")
         self._advance(-n)
 
     def release(self) -> None:

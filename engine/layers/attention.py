@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.layers.basics import softmax
 

@@ -9,6 +9,7 @@ dequantizing), and whose fast backends (the C++ CPU extension, Metal, CUDA) comp
 from __future__ import annotations
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 
 

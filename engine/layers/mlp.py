@@ -7,6 +7,7 @@ written out, as the course gives it."""
 from __future__ import annotations
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.layers.basics import linear, silu
 

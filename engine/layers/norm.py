@@ -6,6 +6,7 @@ calls `kernels.rms_norm` (one fused, multi-threaded pass on the cpu backend; the
 from __future__ import annotations
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 
 

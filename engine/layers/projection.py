@@ -5,7 +5,7 @@ Rules it keeps:
 - The weight's layout is decided here, once, at construction (`kernels.for_backend`: the 16-row panel
   formats where the cpu kernels read them; exact, the same blocks reordered), so the model file never
   sees layouts or backends.
-- `MergedLinear` stacks consecutive weights that share a quantized format and K (`concat_rows`): q, k and
+- `MergedLinear` stacks consecutive weights that `kernels.quant.stackable` allows (`concat_rows`): q, k and
   v (or gate and up) become one quantized matmul, so x is rounded and the kernels' thread pool woken once.
   The stacked copy replaces the parts (a slice of it would be copied on every call). Float weights, and
   the readable "ref" backend, keep one matmul per projection.
@@ -16,9 +16,10 @@ from __future__ import annotations
 from itertools import accumulate
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.layers.basics import linear
-from tiny_llm_playground.kernels.quant import QuantizedWeight, concat_rows
+from tiny_llm_playground.kernels.quant import QuantizedWeight, concat_rows, stackable
 
 Weight = mx.array | QuantizedWeight
 
@@ -36,15 +37,6 @@ class Linear:
         return linear(x, self.weight, self.bias, self.backend)
 
 
-def _stackable(a: Weight, b: Weight) -> bool:
-    return (
-        isinstance(a, QuantizedWeight)
-        and isinstance(b, QuantizedWeight)
-        and a.format == b.format
-        and a.shape[1] == b.shape[1]
-    )
-
-
 class MergedLinear:
     """Projections of one input (q, k, v; gate, up): `__call__(x)` returns one output per weight, in order."""
 
@@ -54,7 +46,7 @@ class MergedLinear:
         biases = biases or [None] * len(weights)
         groups: list[list[int]] = []  # runs of consecutive weights that stack into one matmul
         for i, w in enumerate(weights):
-            if groups and backend != "ref" and _stackable(weights[groups[-1][-1]], w):
+            if groups and backend != "ref" and stackable(weights[groups[-1][-1]], w):
                 groups[-1].append(i)
             else:
                 groups.append([i])

@@ -13,6 +13,7 @@ projection's (B, L, H, D) output: the readable math after a transpose on the "re
 from __future__ import annotations
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 
 

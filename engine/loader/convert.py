@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from tiny_llm_playground.engine.loader.manifest import COMPLETE_MARKER
 from tqdm import tqdm
+
+from tiny_llm_playground.engine.loader.manifest import COMPLETE_MARKER
 
 # GGUF tensor name -> HF name ({i} = layer index).
 _LAYER_MAP = {
@@ -104,6 +105,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, sha256: str | None = None, q
     """Convert `gguf_file` into `out_dir` (config, float32 safetensors, tokenizer); return out_dir."""
     import gguf
     from safetensors.numpy import save_file
+
     from tiny_llm_playground.engine.loader.gguf_tokenizer import tokenizer_files_from_gguf
 
     out_dir = Path(out_dir)

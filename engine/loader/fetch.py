@@ -14,6 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from tiny_llm_playground.engine.loader.manifest import (
     ModelSpec,
     converted_dir,
@@ -22,7 +24,6 @@ from tiny_llm_playground.engine.loader.manifest import (
     gguf_path,
     is_converted,
 )
-from tqdm import tqdm
 
 
 class FetchError(RuntimeError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+
 from tiny_llm_playground.engine.loader.manifest import get_spec
 from tiny_llm_playground.engine.loader.quantize import (
     DEFAULT_QUANT,

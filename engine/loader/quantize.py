@@ -33,6 +33,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import BLOCK, QuantizedWeight, quantize
 
@@ -96,6 +97,7 @@ def _from_gguf_blocks(raw: np.ndarray, kind: str, shape: tuple[int, int]) -> Qua
 def gguf_quantized(gguf_file: Path, names: set[str]) -> dict[str, QuantizedWeight]:
     """The weights among `names` (HF names) that the GGUF stores as Q8_0 or Q5_0, as they are stored."""
     import gguf
+
     from tiny_llm_playground.engine.loader.convert import hf_name
 
     out = {}

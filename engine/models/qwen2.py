@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import mlx.core as mx
+
 from tiny_llm_playground.engine.cache import KVCache, make_cache
 from tiny_llm_playground.engine.layers import Linear, MergedLinear, RMSNorm, RoPE, attention, embedding, swiglu
 from tiny_llm_playground.engine.layers.attention import Mask

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
 from tiny_llm_playground.engine.sampling.params import SamplingParams
 
 

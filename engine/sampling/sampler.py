@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from tiny_llm_playground.engine.sampling.filters import Distribution, distribution, logsumexp, top_indices
 from tiny_llm_playground.engine.sampling.params import SamplingParams
 

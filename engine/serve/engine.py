@@ -179,17 +179,12 @@ class Engine:
         elif not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams or a dict, got {type(params).__name__}")
         ids = self.encode_prompt(prompt, chat=chat)
-        handle = RequestHandle(next(self._ids), ids, params, self._wake)
-        seq = Sequence(
-            handle.id,
-            ids,
-            params,
-            context=self.loaded.model.args.max_position_embeddings,  # PromptError: empty, or too long
-            tokenizer=self.loaded.tokenizer,
-            emit=handle._events.put,
-            cancel_flag=handle._cancelled,
-        )
+        context = self.loaded.model.args.max_position_embeddings
+        seq = Sequence(0, ids, params, context=context, tokenizer=self.loaded.tokenizer)  # PromptError
         self._core.check(seq)  # ValueError now, for a request the cache could never hold
+        # Valid: only now does it get an id and a handle, whose stream the sequence feeds.
+        handle = RequestHandle(next(self._ids), ids, params, self._wake)
+        seq.id, seq.emit, seq.cancel_flag = handle.id, handle._events.put, handle._cancelled
         with self._cv:
             if len(self._inbox) + len(self._core_waiting) >= self.max_waiting:
                 raise EngineBusyError(
@@ -317,9 +312,8 @@ class Engine:
                 del self._live[rid]
         live = tuple(request_timing(seq, now) for seq in self._live.values())
         snap = engine_snapshot(
-            self._core, model=self.model_name, served=self._served, timings=live + tuple(self._finished),
-            config=self.config,
-        )  # fmt: skip
+            self._core, model=self.model_name, served=self._served, timings=live + tuple(self._finished)
+        )
         with self._cv:
             self._snap = snap
             self._core_waiting = snap.waiting

@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 import numpy as np
+
 from tiny_llm_playground.engine.cache import SlotPool
 from tiny_llm_playground.engine.events import StepEvent
 from tiny_llm_playground.engine.models import CausalLM
@@ -27,10 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class EngineCore:
-    def __init__(self, model: CausalLM, config: EngineConfig | None = None, *, use_cache: bool = True) -> None:
+    def __init__(
+        self, model: CausalLM, config: EngineConfig | None = None, *, use_cache: bool = True, raise_errors: bool = False
+    ) -> None:
         """use_cache=False: the week-1 path, every forward recomputes each sequence (prompts must then be
-        prefilled in one chunk: prefill_chunk and max_tokens_per_step at least the prompt's length)."""
+        prefilled in one chunk: prefill_chunk and max_tokens_per_step at least the prompt's length).
+        raise_errors: a failing forward or sampler raises out of `step()` as it is, instead of ending its
+        requests with an ErrorEvent (one caller, one request: `generate()`)."""
         self.config = config or EngineConfig()
+        self.raise_errors = raise_errors
         self.pool = SlotPool(self.config.max_batch, self.config.cache_tokens)
         self.scheduler = Scheduler(self.config, self.pool)
         self.runner = ModelRunner(model, use_cache=use_cache)
@@ -124,8 +130,10 @@ class EngineCore:
         return 1
 
     def _fail(self, s: Sequence, e: Exception) -> None:
+        if self.raise_errors:
+            raise e
         log.error("request %d failed: %s: %s", s.id, type(e).__name__, e, exc_info=e)
-        s.fail(f"generation failed: {type(e).__name__}: {e}", e)
+        s.fail(f"generation failed: {type(e).__name__}: {e}")
         self._free(s)
 
     def _free(self, s: Sequence) -> None:

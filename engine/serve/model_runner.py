@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+
 from tiny_llm_playground.engine.cache import DenseKVBuffer, DenseKVCache, KVCache
 from tiny_llm_playground.engine.models import CausalLM
 from tiny_llm_playground.engine.serve.sequence import Sequence
@@ -61,7 +62,7 @@ class ModelRunner:
             ids = mx.array([[s.next_input] for s in seqs])  # (B, 1)
             logits = self.model(ids, self.caches(seqs), last_only=True)[:, 0]  # (B, V)
         else:  # rows of different lengths, each recomputed from its first token
-            logits = mx.concatenate([self.model(mx.array([s.tokens]), None, last_only=True)[:, 0] for s in seqs])
+            logits = mx.concatenate([self.model(mx.array([s.history]), None, last_only=True)[:, 0] for s in seqs])
         mx.eval(logits)
         for s in seqs:
             s.num_cached += 1

@@ -66,7 +66,6 @@ class Sequence:
         self.slot: int | None = None  # the allocator's handle while the sequence holds cache capacity
         self.num_cached = 0  # tokens the model has processed: their keys and values are in the cache
         self.output_ids: list[int] = []
-        self.tokens = list(self.prompt_ids)  # prompt + output, what the sampler's penalty looks back at
         self.sampler = Sampler(params)
         # Ids that finish the request: the tokenizer's EOS set, empty when the params say ignore_eos.
         use_eos = tokenizer is not None and not params.ignore_eos
@@ -75,7 +74,6 @@ class Sequence:
         self._stops = StopStringMatcher(list(params.stop))
         self._text: list[str] = []
         self.finish_reason: str | None = None
-        self.error: BaseException | None = None  # what failed the request, when it failed
         self.submitted_at = time.perf_counter()
         self.admitted_at = self.first_token_at = self.finished_at = None
 
@@ -94,12 +92,19 @@ class Sequence:
         return self.output_ids[-1]
 
     @property
+    def history(self) -> list[int]:
+        """Every token so far: the prompt, then the output."""
+        return self.prompt_ids + self.output_ids
+
+    @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 
     def sample(self, logits) -> SampleRecord:
-        """Draw the next token from this position's logits (V,) with the request's own sampler."""
-        return self.sampler(logits, self.tokens)
+        """Draw the next token from this position's logits (V,) with the request's own sampler (which looks
+        back at the history only for a repetition penalty: building it is O(length) per token)."""
+        penalized = self.params.repetition_penalty != 1.0
+        return self.sampler(logits, self.history if penalized else ())
 
     def accept(self, rec: SampleRecord) -> None:
         """Take one sampled token: stream it, and finish on EOS (unless ignore_eos), a stop string or the
@@ -109,7 +114,6 @@ class Sequence:
         if rec.token in self.eos_ids:
             return self.finish("eos")
         self.output_ids.append(rec.token)
-        self.tokens.append(rec.token)
         delta, stopped = self._stops.push(self._detok.add(rec.token) if self._detok else "")
         self._text.append(delta)
         self.emit(TokenEvent(index=len(self.output_ids) - 1, token=rec.token, text=delta, sample=rec))
@@ -144,8 +148,7 @@ class Sequence:
             )
         )
 
-    def fail(self, message: str, error: BaseException | None = None) -> None:
-        self.error = error
+    def fail(self, message: str) -> None:
         self._close("error")
         self.emit(ErrorEvent(message))
 

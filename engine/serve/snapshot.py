@@ -52,9 +52,7 @@ def request_states(core: EngineCore) -> tuple[RequestState, ...]:
     )
 
 
-def engine_snapshot(
-    core: EngineCore, *, model: str, served: int, timings: Iterable[RequestTiming], config: EngineConfig
-) -> EngineSnapshot:
+def engine_snapshot(core: EngineCore, *, model: str, served: int, timings: Iterable[RequestTiming]) -> EngineSnapshot:
     steps = tuple(core.steps)
     busy = sum(s.duration_s for s in steps)
     return EngineSnapshot(
@@ -69,7 +67,7 @@ def engine_snapshot(
         requests=request_states(core),
         steps=steps,
         tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0,
-        config=config,
+        config=core.config,
         timings=tuple(timings),
     )
 

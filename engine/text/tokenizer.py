@@ -129,6 +129,7 @@ class Tokenizer:
     def from_gguf(cls, source: str | Path | gguf.GGUFReader) -> Tokenizer:
         """Build straight from a GGUF file (or an open reader) without writing files."""
         import gguf
+
         from tiny_llm_playground.engine.loader.gguf_tokenizer import tokenizer_files_from_gguf
 
         reader = source if isinstance(source, gguf.GGUFReader) else gguf.GGUFReader(str(source))

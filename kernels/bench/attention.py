@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Callable
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels.bench.timing import best_time
 

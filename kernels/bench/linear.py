@@ -15,6 +15,7 @@ import argparse
 
 import mlx.core as mx
 import numpy as np
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels.bench.timing import best_time

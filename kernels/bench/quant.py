@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 import mlx.core as mx
+
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels.bench.linear import LM_HEAD, PROJECTIONS

@@ -12,7 +12,9 @@ import math
 from collections.abc import Sequence
 
 import mlx.core as mx
+
 from tiny_llm_playground.kernels.cpu import BUILD_HINT, load, load_error
+from tiny_llm_playground.kernels.quant import BLOCK, PANEL_ROWS, QuantizedWeight, repack
 
 FLOAT32_ONLY = True
 FIX_HINT = BUILD_HINT
@@ -23,10 +25,21 @@ def unavailable() -> str | None:
     return load_error()
 
 
-def panel_kernels() -> bool:
+def reads_panels() -> bool:
     """True when the active ISA has the int8 GEMM that reads the panel formats (AVX-512 VNNI)."""
     ext = load()
     return ext is not None and bool(ext.panel_kernels())
+
+
+def preferred_layout(qw: QuantizedWeight) -> QuantizedWeight:
+    """q8_0 / q5_0 repacked into 16-row panels (`repack`) where the int8 GEMM reads them and the shape
+    allows (N % 16 == 0, K % 64 == 0 for q5_0); anything else as it is."""
+    if qw.format not in ("q8_0", "q5_0") or not reads_panels():
+        return qw
+    N, K = qw.shape
+    if N % PANEL_ROWS or K % BLOCK[qw.format + "x16"]:
+        return qw
+    return repack(qw)
 
 
 def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:

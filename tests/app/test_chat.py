@@ -11,13 +11,12 @@ import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+from tests.utils import run_coroutine  # noqa: E402
 from tiny_llm_playground.app.main import build_app  # noqa: E402
 from tiny_llm_playground.app.tabs import chat  # noqa: E402
 from tiny_llm_playground.app.tabs.chat import build_messages, format_stats, make_params, message_text  # noqa: E402
 from tiny_llm_playground.engine import EngineBusyError, FinishEvent, PromptError, SamplingParams, TokenEvent  # noqa: E402
 from tiny_llm_playground.engine.events import ErrorEvent  # noqa: E402
-
-from tests.utils import run_coroutine  # noqa: E402
 
 # ----- a scripted engine -----
 

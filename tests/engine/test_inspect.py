@@ -10,10 +10,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from tiny_llm_playground.engine.inspect import InspectResult, inspect_forward, logit_lens
-from tiny_llm_playground.engine.models.qwen2 import Model, ModelArgs, sanitize
 
 from tests.utils import TINY_CONFIG, assert_allclose, tiny_weights
+from tiny_llm_playground.engine.inspect import InspectResult, inspect_forward, logit_lens
+from tiny_llm_playground.engine.models.qwen2 import Model, ModelArgs, sanitize
 
 IDS = [5, 17, 42, 99, 3, 250, 17, 8, 64, 120, 7]
 

@@ -8,6 +8,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+
+from tests.utils import assert_allclose, tolerance
 from tiny_llm_playground.engine.layers import (
     RoPE,
     attention,
@@ -21,8 +23,6 @@ from tiny_llm_playground.engine.layers import (
     swiglu_mlp,
     visibility_mask,
 )
-
-from tests.utils import assert_allclose, tolerance
 
 DTYPES = [mx.float32, mx.float16, mx.bfloat16]
 

@@ -18,14 +18,14 @@ import math
 
 import mlx.core as mx
 import pytest
+
+from tests.utils import assert_allclose, require
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.layers.attention import scaled_dot_product_attention
 from tiny_llm_playground.engine.layers.basics import silu
 from tiny_llm_playground.engine.layers.norm import rms_norm as layers_rms_norm
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels import ref
-
-from tests.utils import assert_allclose, require
 
 FAST_BACKENDS = ["cpu", "metal", "cuda"]
 RTOL, ATOL = 2e-5, 2e-5  # float32: exp and sums in another order

@@ -16,11 +16,11 @@ import warnings
 
 import mlx.core as mx
 import pytest
+
+from tests.utils import assert_close, require
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels import ref, registry
-
-from tests.utils import assert_close, require
 
 FAST_BACKENDS = ["cpu", "metal", "cuda"]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -252,8 +252,10 @@ def test_missing_extension_falls_back_to_ref_with_one_warning(monkeypatch: pytes
         warnings.simplefilter("always")
         y1 = kernels.linear(x, w, b)
         y2 = kernels.linear(x, w, b)
+        kernels.rms_norm(x, mx.ones((8,)), 1e-6)  # another op falls back too, without a second warning
     fallback = [c for c in caught if "cpu backend is unavailable" in str(c.message)]
     assert len(fallback) == 1, [str(c.message) for c in caught]
+    assert fallback[0].filename == __file__, "the warning names the line that called the kernel op"
     assert "kernels.build" in str(fallback[0].message)
     assert_close(y1, ref.linear(x, w, b), K=8)
     assert_close(y2, ref.linear(x, w, b), K=8)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from tests.utils import assert_close, require
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels import ref
 from tiny_llm_playground.kernels.quant import BLOCK, QuantizedWeight, dequantize, quantize, round_activations_q8
-
-from tests.utils import assert_close, require
 
 FORMATS = ("q8_0", "q5_0", "affine4")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from tests.utils import assert_allclose, require
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.layers.rope import RoPE, rope_frequencies
 from tiny_llm_playground.kernels import cpu as kcpu
 from tiny_llm_playground.kernels import ref
-
-from tests.utils import assert_allclose, require
 
 BASE = 1_000_000.0
 

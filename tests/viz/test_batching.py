@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace as NS
 
 import pytest
+
 from tiny_llm_playground.engine.events import RequestState, RequestTiming, StepEvent
 from tiny_llm_playground.viz.batching import (
     cache_occupancy,

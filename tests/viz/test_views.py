@@ -6,6 +6,8 @@ import mlx.core as mx
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+
+from tests.utils import assert_allclose
 from tiny_llm_playground.engine.sampling import SamplingParams, distribution, log_softmax
 from tiny_llm_playground.viz.attention import (
     attention_heatmap,
@@ -26,8 +28,6 @@ from tiny_llm_playground.viz.rope import (
     rotate,
 )
 from tiny_llm_playground.viz.sampling import filtered, sampling_distribution
-
-from tests.utils import assert_allclose
 
 
 def causal_probs(L: int, seed: int = 0) -> np.ndarray:

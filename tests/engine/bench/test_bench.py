@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tiny_llm_playground.engine.bench import peers as peers_mod
 from tiny_llm_playground.engine.bench.peers import BusyCore, PeerCrashed, start_peer
 from tiny_llm_playground.engine.bench.prompts import STRIDE, bench_prompts, ids_sha256

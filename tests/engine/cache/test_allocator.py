@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tiny_llm_playground.engine.cache import SlotPool
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import mlx.core as mx
 import pytest
-from tiny_llm_playground.engine.cache import DenseKVBuffer, DenseKVCache
-from tiny_llm_playground.engine.layers import scaled_dot_product_attention
 
 from tests.utils import assert_allclose
+from tiny_llm_playground.engine.cache import DenseKVBuffer, DenseKVCache
+from tiny_llm_playground.engine.layers import scaled_dot_product_attention
 
 
 def kv(L: int, seed: int, H_kv: int = 2, D: int = 8) -> tuple[mx.array, mx.array]:
@@ -102,3 +102,15 @@ def test_decode_steps_grow_the_buffers_and_keep_every_key():
     keys, _ = cache.rows[0].read(8)
     assert_allclose(keys, mx.concatenate(ks, axis=2), 0, 0, "keys")
     assert cache.used_nbytes == 8 * cache.rows[0].bytes_per_token and cache.nbytes >= cache.used_nbytes
+
+
+def test_a_fresh_cache_takes_as_many_rows_as_its_first_keys():
+    cache = DenseKVCache(step=4)
+    assert cache.offset == 0 and cache.keys is None
+    k, v = kv(3, seed=40)
+    k2, v2 = mx.concatenate([k, k + 1]), mx.concatenate([v, v + 1])  # (2, H_kv, 3, D)
+    keys, _ = cache.update_and_fetch(k2, v2)
+    assert len(cache.rows) == 2 and cache.offset == 3 and keys.shape == (2, 2, 3, 8)
+    assert_allclose(keys[1:], k + 1, 0, 0, "row 1")
+    with pytest.raises(ValueError, match="3 rows of keys for a cache of 2 rows"):
+        cache.update_and_fetch(mx.concatenate([k] * 3), mx.concatenate([v] * 3))

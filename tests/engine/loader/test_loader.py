@@ -11,6 +11,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from tests.utils import TINY_GGUF_CONFIG, tiny_weights, write_tiny_gguf
 from tiny_llm_playground.engine.loader.fetch import FetchError, ensure_gguf
 from tiny_llm_playground.engine.loader.manifest import (
     ModelSpec,
@@ -21,8 +23,6 @@ from tiny_llm_playground.engine.loader.manifest import (
     is_converted,
     known_models,
 )
-
-from tests.utils import TINY_GGUF_CONFIG, tiny_weights, write_tiny_gguf
 
 fetch_mod = importlib.import_module(
     "tiny_llm_playground.engine.loader.fetch"
@@ -182,6 +182,7 @@ def tiny_gguf(tmp_path):
 def test_convert_tiny_gguf_and_load_matches_mlx_lm(tiny_gguf, tmp_path):
     import gguf
     from mlx_lm.utils import load_model as mlx_lm_load
+
     from tiny_llm_playground.engine.loader.convert import convert_gguf
     from tiny_llm_playground.engine.loader.load import load_model
 

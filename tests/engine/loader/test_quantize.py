@@ -5,12 +5,12 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from tests.utils import block_weights, kl_divergence
 from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.loader import load_model
 from tiny_llm_playground.engine.loader.quantize import cache_file
 from tiny_llm_playground.kernels import QuantizedWeight
-
-from tests.utils import block_weights, kl_divergence
 
 IDS = [[5, 77, 120, 3, 250, 9, 31]]
 
@@ -39,6 +39,7 @@ def test_q8_0_quantizes_every_linear_and_stays_close(tiny_model_dir):
 def test_gguf_mode_takes_the_gguf_blocks_bit_for_bit(tiny_model_dir):
     """The default on a converted folder whose GGUF is still there: the GGUF's own Q5_0 / Q8_0 blocks."""
     import gguf
+
     from tiny_llm_playground.engine.loader.convert import hf_name
     from tiny_llm_playground.engine.loader.quantize import gguf_source
 

@@ -14,12 +14,12 @@ import re
 
 import numpy as np
 import pytest
-from tiny_llm_playground.engine.events import FinishEvent
-from tiny_llm_playground.engine.generate import generate, last_logits
-from tiny_llm_playground.engine.sampling import SamplingParams
 
 from tests.reference_prompts import PROMPTS, prompt_ids
 from tests.utils import kl_divergence, model_matmul_weights
+from tiny_llm_playground.engine.events import FinishEvent
+from tiny_llm_playground.engine.generate import generate, last_logits
+from tiny_llm_playground.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.real_model
 Q8_KL_MAX = 0.01

@@ -5,9 +5,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from tiny_llm_playground.engine.models.qwen2 import Model, ModelArgs, sanitize
 
 from tests.utils import TINY_CONFIG, assert_allclose, tiny_weights
+from tiny_llm_playground.engine.models.qwen2 import Model, ModelArgs, sanitize
 
 
 def reference_model(config: dict, weights: dict[str, mx.array]):
@@ -162,3 +162,20 @@ def test_models_are_found_by_model_type():
         model_module("llama")
     with pytest.raises(ValueError, match="unsupported"):
         model_module("../qwen2")
+
+
+@pytest.mark.parametrize("backend", ["ref", None])
+def test_a_batch_through_one_cache_equals_each_row_alone(backend):
+    """model(ids (B, L), model.make_cache()): the course's cache takes B rows; prefill then decode steps
+    give each row's own logits."""
+    m = ours(TINY_CONFIG, tiny_weights(TINY_CONFIG), backend)
+    rows = [[1, 2, 3, 4], [9, 8, 7, 6]]
+    both, alone = m.make_cache(), [m.make_cache() for _ in rows]
+    out = m(mx.array(rows), both)
+    for b, row in enumerate(rows):
+        assert_allclose(out[b], m(mx.array([row]), alone[b])[0], 1e-4, 1e-4, what=f"prefill row {b}")
+    for t in (5, 11, 42):
+        out = m(mx.array([[t], [t + 1]]), both)
+        for b in range(2):
+            want = m(mx.array([[t + b]]), alone[b])[0]
+            assert_allclose(out[b], want, 1e-4, 1e-4, what=f"decode {t} row {b}")

@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from tiny_llm_playground.engine.events import FinishEvent
-from tiny_llm_playground.engine.generate import generate, last_logits
-from tiny_llm_playground.engine.sampling import SamplingParams
 
 from tests.reference_prompts import LIVE, PROMPTS, REFERENCE_FILE, mlx_lm_last_logits, prompt_ids
 from tests.utils import kl_divergence
+from tiny_llm_playground.engine.events import FinishEvent
+from tiny_llm_playground.engine.generate import generate, last_logits
+from tiny_llm_playground.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.real_model
 KL_MAX = 1e-3

@@ -1,7 +1,8 @@
 """Continuous batching on real tensors: EngineCore on the tiny random model (plus one real-model test).
 
-The reference for every output is single-stream `generate()`: batching, chunking and arrivals in the
-middle of other requests must not change a greedy token.
+The reference for every output is the prompt alone through a loop written independently of the serving
+code (`tests.utils.reference_generate`): batching, chunking and arrivals in the middle of other requests
+must not change a greedy token.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.utils import assert_allclose, reference_generate
 from tiny_llm_playground.engine.cache import DenseKVCache
 from tiny_llm_playground.engine.events import ErrorEvent, FinishEvent, TokenEvent
 from tiny_llm_playground.engine.generate import generate
@@ -19,8 +22,6 @@ from tiny_llm_playground.engine.serve.config import EngineConfig
 from tiny_llm_playground.engine.serve.engine_core import EngineCore
 from tiny_llm_playground.engine.serve.sequence import Sequence, Status
 from tiny_llm_playground.engine.serve.snapshot import request_states
-
-from tests.utils import assert_allclose
 
 PROMPTS = [
     " the thin",
@@ -61,8 +62,19 @@ class Recorder:
         return ends[0]
 
 
-def single_stream(lm, prompt: str, params: SamplingParams) -> FinishEvent:
-    return list(generate(lm.model, lm.tokenizer, lm.tokenizer.encode(prompt), params))[-1]
+def single_stream(lm, prompt: str | list[int], params: SamplingParams):
+    """The reference: the prompt alone, through a loop independent of the serving code (tests/utils.py)."""
+    ids = lm.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+    return reference_generate(lm.model, lm.tokenizer, ids, params)
+
+
+def test_generate_equals_the_independent_reference(tiny_lm):
+    """generate() (a loop over the engine's own step) against the written-out loop, sampled and greedy."""
+    for params in (SamplingParams(temperature=0, max_tokens=12), SamplingParams(temperature=1.0, seed=3)):
+        for prompt in PROMPTS[:3]:
+            fin = list(generate(tiny_lm.model, tiny_lm.tokenizer, tiny_lm.tokenizer.encode(prompt), params))[-1]
+            ref = single_stream(tiny_lm, prompt, params)
+            assert (fin.token_ids, fin.reason, fin.text) == (ref.token_ids, ref.reason, ref.text), prompt
 
 
 @pytest.mark.parametrize("chunk", [256, 4, 1])
@@ -102,8 +114,7 @@ def test_equal_chunks_prefill_together_and_match_single_stream(tiny_lm):
     steps = core.run(max_steps=100)
     assert any(len(s.prefill) >= 2 and len({c for _, c in s.prefill}) == 1 for s in steps), "no batched prefill"
     for rid, i in enumerate(ids):
-        ref = list(generate(tiny_lm.model, tiny_lm.tokenizer, i, params))[-1]
-        assert rec.tokens(rid) == ref.token_ids, f"request {rid}"
+        assert rec.tokens(rid) == single_stream(tiny_lm, i, params).token_ids, f"request {rid}"
 
 
 def test_ignore_eos_generates_through_eos_in_generate_and_in_batching(tiny_lm, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from tiny_llm_playground.engine import (
     Engine,
     EngineBusyError,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tiny_llm_playground.engine.cache.allocator import SlotPool
 from tiny_llm_playground.engine.sampling import SamplingParams
 from tiny_llm_playground.engine.serve.config import EngineConfig

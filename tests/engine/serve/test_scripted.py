@@ -8,14 +8,14 @@ as a different text.
 from __future__ import annotations
 
 import pytest
+
+from tests.fakes import ByteTokenizer, ScriptedModel, prompt, spell
 from tiny_llm_playground.engine.events import FinishEvent, TokenEvent
 from tiny_llm_playground.engine.generate import generate
 from tiny_llm_playground.engine.sampling import SamplingParams
 from tiny_llm_playground.engine.serve.config import EngineConfig
 from tiny_llm_playground.engine.serve.engine_core import EngineCore
 from tiny_llm_playground.engine.serve.sequence import PromptError, Sequence
-
-from tests.fakes import ByteTokenizer, ScriptedModel, prompt, spell
 
 GREEDY = SamplingParams(temperature=0, max_tokens=64)
 
@@ -94,3 +94,28 @@ def test_scripted_logits_are_sampled_as_given():
     tokens, fin = run_generate(model, [1], SamplingParams(temperature=1.0, seed=7, max_tokens=64))
     assert set(fin.text) == {"a", "b"} and len(tokens) == 39 and fin.reason == "eos"
     assert all(abs(t.sample.prob - 0.5) < 1e-9 for t in tokens)
+
+
+def test_a_failing_forward_comes_out_of_generate_as_raised_while_the_core_reports_it():
+    """generate() (one caller, one request) gets the error itself; a shared core ends the requests of the
+    failed forward with an ErrorEvent (rows that shared it too) and keeps serving."""
+
+    class Broken(Exception):
+        pass
+
+    def script(context):
+        if len(context) > 5 and context[1] == ord("b"):
+            raise Broken("the kernel broke")
+        return spell("ok")(context)
+
+    model = ScriptedModel(script)
+    with pytest.raises(Broken, match="kernel broke"):
+        run_generate(model, prompt("bad"))
+    core = EngineCore(model, EngineConfig(max_batch=2))
+    events = {0: [], 1: []}
+    for rid, text in ((0, "bad"), (1, "abc")):
+        core.add(Sequence(rid, prompt(text), GREEDY, context=512, tokenizer=ByteTokenizer(), emit=events[rid].append))
+        core.run()
+    assert "kernel broke" in events[0][-1].message
+    assert (events[1][-1].reason, events[1][-1].text) == ("eos", "ok")
+    assert core.pool.full

@@ -16,6 +16,12 @@ import gguf
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as RawTokenizer
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode as hf_bytes_to_unicode
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as HF_QWEN2_REGEX
+
 from tiny_llm_playground.engine.loader.gguf_tokenizer import (
     QWEN2_SPLIT_REGEX,
     special_token_ids,
@@ -28,13 +34,8 @@ from tiny_llm_playground.engine.text import (
     Tokenizer,
     bytes_to_unicode,
 )
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as RawTokenizer
-from transformers import PreTrainedTokenizerFast
-from transformers.convert_slow_tokenizer import bytes_to_unicode as hf_bytes_to_unicode
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as HF_QWEN2_REGEX
 
-BYTE_CHAR = hf_bytes_to_unicode()  # the reference table, independent of engine.tokenizer's copy
+BYTE_CHAR = hf_bytes_to_unicode()  # the reference table, independent of engine.text's copy
 
 
 def spell(data: bytes) -> str:
