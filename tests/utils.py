@@ -113,6 +113,20 @@ def reference_generate(model, tokenizer, prompt_ids: list[int], params) -> Refer
     return Reference(tuple(out), reason, tokenizer.decode(out))
 
 
+def assert_writes_a_correct_prime_function(text: str) -> None:
+    """The reply holds a ```python block defining a function named like "prime" that agrees with a sieve
+    on 0..499 (the model's own code is executed)."""
+    import re
+
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code, f"no complete code block in:\n{text}"
+    namespace: dict = {}
+    exec(code.group(1), namespace)  # the model's own code
+    fn = next(v for k, v in namespace.items() if callable(v) and "prime" in k)
+    sieve = [n > 1 and all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(500)]
+    assert [bool(fn(n)) for n in range(500)] == sieve
+
+
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
     """KL(P || Q) between the softmax distributions of two logit vectors, in nats."""
     lp = p_logits.astype(np.float64) - np.logaddexp.reduce(p_logits.astype(np.float64))

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from tiny_llm_playground.app.main import build_app  # noqa: E402
 from tiny_llm_playground.app.tabs import batching, course  # noqa: E402
 from tiny_llm_playground.app.tabs.chat import StepRecord, StepRecords, least_likely, step_figure, tokens_view  # noqa: E402
-from tiny_llm_playground.engine import Engine, TokenEvent  # noqa: E402
+from tiny_llm_playground.engine import TokenEvent  # noqa: E402
 from tiny_llm_playground.engine.sampling import Distribution, SampleRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,14 +52,6 @@ def test_course_map_names_existing_files_and_marks_unbuilt_days():
     assert html.count("<tr") == len(course.COURSE) + 1
     assert "Speculative decoding" in html and "not yet" in html and "KV cache &amp; batching" in html
     assert all(d.tab in (None, *course.TAB_NAMES) for d in course.COURSE)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    eng = Engine(str(tiny_model_dir))
-    eng.wait_ready(60)
-    yield eng
-    eng.shutdown()
 
 
 def test_class_demo_requests_show_up_in_snapshot_views_and_cancel(engine):

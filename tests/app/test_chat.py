@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -51,6 +52,7 @@ class ScriptedHandle:
         self.lockstep = lockstep
         self.turn = threading.Semaphore(0)  # lockstep: released once per update the page got
         self.clock = clock
+        self.finished = False  # set once every event is handed over (the finish is the last)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -70,9 +72,12 @@ class ScriptedHandle:
             if self.cancelled:
                 break
             yield TokenEvent(index=i, token=100 + i, text=piece, sample=None)
+        if self.lockstep and self.pieces:
+            assert self.turn.acquire(timeout=30), "the page never took the last token"
         if self.error:
             yield ErrorEvent(self.error)
             return
+        self.finished = True
         yield FinishEvent(
             reason="cancelled" if self.cancelled else "eos",
             text="".join(self.pieces),
@@ -207,16 +212,40 @@ def test_reply_streams_token_by_token_and_ends_with_stats():
     assert params.max_tokens == 32 and params.seed is None
 
 
-def test_tokens_that_arrive_together_go_out_as_one_update_and_the_token_view_is_throttled(monkeypatch):
-    clock = FakeClock()  # 40 tokens 10 ms apart in virtual time: 0.4 s, so at most 2 views 0.25 s apart
+def test_tokens_that_arrive_together_go_out_as_one_update():
+    """The page reads the stream only after all 40 tokens and the finish are queued: one update holds
+    them all (not one per token)."""
+    engine = ScriptedEngine(pieces=["a"] * 40)
+
+    async def collect() -> list:
+        respond = _fn(build_app(engine), "chat")
+        gen = respond("go", [], "Be brief.", *SLIDERS.values(), request=SimpleNamespace(session_hash="s1"))
+        out = [await gen.__anext__()]  # the placeholder, sent before the stream is read
+        for _ in range(3000):  # the scripted handle hands its events over at once (no waits)
+            if engine.handles and engine.handles[0].finished:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the pump's queued puts run now, before the reply reads the queue
+        return out + [item async for item in gen]
+
+    out = run_coroutine(collect())
+    assert len(out) == 2, f"{len(out) - 1} updates for tokens that arrived together"
+    assert out[-1][1][-1]["content"] == "a" * 40
+    assert out[-1][3].count('<span class="tok" data-i=') == 40, "the final view holds every token"
+
+
+def test_the_token_view_is_resent_at_most_every_quarter_second(monkeypatch):
+    """One update per token (lockstep), 0.125 virtual seconds apart: the view goes with tokens 1, 3, 5, 7
+    and 9 (0.25 s after the one before), the text with every one."""
+    clock = FakeClock()
     monkeypatch.setattr(chat, "_clock", lambda: clock.now)
-    engine = ScriptedEngine(pieces=["a"] * 40, delay=0.01, clock=clock)
+    engine = ScriptedEngine(pieces=[f"t{i} " for i in range(10)], delay=0.125, clock=clock, lockstep=True)
     out = run_coroutine(_collect(engine, "go"))
     streaming = out[1:-1]
-    assert 1 <= len(streaming) <= 40 and out[-1][1][-1]["content"] == "a" * 40
-    views = [item[3] for item in streaming if isinstance(item[3], str)]
-    assert 1 <= len(views) <= 2, "the token view went out more often than every 0.25 s"
-    assert out[-1][3].count('<span class="tok" data-i=') == 40, "the final view holds every token"
+    assert [item[1][-1]["content"].count("t") for item in streaming] == list(range(1, 11)), "one update a token"
+    views = [i for i, item in enumerate(streaming) if isinstance(item[3], str)]
+    assert views == [0, 2, 4, 6, 8]
+    assert out[-1][3].count('<span class="tok" data-i=') == 10, "the final view holds every token"
 
 
 @pytest.mark.parametrize(

@@ -17,16 +17,7 @@ from tiny_llm_playground.app.tabs.inspection import (  # noqa: E402
     lens_window,
     run_inspection,
 )
-from tiny_llm_playground.engine import Engine  # noqa: E402
 from tiny_llm_playground.engine.inspect import MAX_INSPECT_TOKENS  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    eng = Engine(str(tiny_model_dir))
-    eng.wait_ready(60)
-    yield eng
-    eng.shutdown()
 
 
 def test_lens_window_stays_inside_the_prompt():

@@ -10,13 +10,11 @@ prompts of tests/reference_prompts.py (the >500-token one included). Bounds:
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
 from tests.reference_prompts import PROMPTS, prompt_ids
-from tests.utils import kl_divergence, model_matmul_weights
+from tests.utils import assert_writes_a_correct_prime_function, kl_divergence, model_matmul_weights
 from tiny_llm_playground.engine.events import FinishEvent
 from tiny_llm_playground.engine.generate import generate, last_logits
 from tiny_llm_playground.engine.sampling import SamplingParams
@@ -93,10 +91,4 @@ def test_default_writes_a_correct_prime_function(real_lm_default):
         generate(real_lm_default.model, real_lm_default.tokenizer, ids, SamplingParams(temperature=0, max_tokens=200))
     )
     assert isinstance(events[-1], FinishEvent)
-    code = re.search(r"```python\n(.*?)```", events[-1].text, re.S)
-    assert code, f"no complete code block in:\n{events[-1].text}"
-    namespace: dict = {}
-    exec(code.group(1), namespace)  # the model's own code
-    fn = next(v for k, v in namespace.items() if callable(v) and "prime" in k)
-    sieve = [n > 1 and all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(500)]
-    assert [bool(fn(n)) for n in range(500)] == sieve
+    assert_writes_a_correct_prime_function(events[-1].text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.reference_prompts import LIVE, PROMPTS, REFERENCE_FILE, mlx_lm_last_logits, prompt_ids
-from tests.utils import kl_divergence
+from tests.utils import assert_writes_a_correct_prime_function, kl_divergence
 from tiny_llm_playground.engine.events import FinishEvent
 from tiny_llm_playground.engine.generate import generate, last_logits
 from tiny_llm_playground.engine.sampling import SamplingParams
@@ -84,13 +83,7 @@ def test_writes_a_correct_prime_function(real_lm):
     prompt = "Write a Python function that checks whether a number is prime."
     ids = real_lm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     done = run(real_lm, ids, SamplingParams(temperature=0, max_tokens=200))
-    code = re.search(r"```python\n(.*?)```", done.text, re.S)
-    assert code, f"no complete code block in:\n{done.text}"
-    namespace: dict = {}
-    exec(code.group(1), namespace)  # the model's own code
-    fn = next(v for k, v in namespace.items() if callable(v) and "prime" in k)
-    sieve = [n > 1 and all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(500)]
-    assert [bool(fn(n)) for n in range(500)] == sieve
+    assert_writes_a_correct_prime_function(done.text)
 
 
 def test_stop_string_ends_generation_and_is_excluded(real_lm):
