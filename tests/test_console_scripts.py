@@ -46,7 +46,12 @@ def run_script(tmp_path: Path, args: list[str], **popen) -> tuple[subprocess.Pop
     env |= {"PYTHONPATH": str(hook), "MODULE_REPORT": str(report), "GRADIO_ANALYTICS_ENABLED": "False"}
     work = tmp_path / "elsewhere"
     work.mkdir(exist_ok=True)
-    proc = subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=work, env=env, text=True, **popen)
+    # Ctrl+C as a terminal sends it: a test run started in the background inherits SIGINT ignored, and so
+    # would the script (Python then never raises KeyboardInterrupt).
+    proc = subprocess.Popen(
+        [str(BIN / args[0]), *args[1:]], cwd=work, env=env, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen,
+    )  # fmt: skip
     return proc, report
 
 
@@ -104,12 +109,14 @@ def test_tinyllm_playground_serves_from_any_directory(tmp_path, tiny_model_dir):
         assert proc.poll() is None, proc.stdout.read()
         assert "Tiny LLM Playground" in page
     finally:
-        proc.send_signal(signal.SIGINT)  # a clean exit, so the recorder writes its report
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: a clean exit, so the recorder writes its report
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            pytest.fail("the playground was still running 60 s after Ctrl+C")
+    assert proc.returncode == 0, proc.stdout.read()
     check_modules(report, {f"{PACKAGE}.app.cli", f"{PACKAGE}.app.main", f"{PACKAGE}.engine.serve.engine"})
 
 
