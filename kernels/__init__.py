@@ -1,7 +1,8 @@
 """kernels: the engine's hot ops, each with a readable twin and fast backends.
 
 - `ops.py`       the public ops (linear, quantized_linear, flash_attention, decode_attention_rows,
-                 rms_norm, rope, swiglu): validate, then run what the registry picks
+                 rms_norm, rope, swiglu; the paged cache's kv_pool, paged_write, paged_attention,
+                 paged_copy_blocks): validate, then run what the registry picks
 - `registry.py`  per op, per backend: which implementation runs, the default choice, the one fallback warning
 - `ref.py`       every op in plain `mx` ops: the definition each backend is tested against
 - `cpu/`         the C++ MLX extension (build: `python -m tiny_llm_playground.kernels.build`) and `cpu/ops.py`
@@ -17,7 +18,11 @@ from tiny_llm_playground.kernels.ops import (
     decode_attention_rows,
     flash_attention,
     for_backend,
+    kv_pool,
     linear,
+    paged_attention,
+    paged_copy_blocks,
+    paged_write,
     panel_kernels,
     quantized_linear,
     reads_panels,
@@ -38,7 +43,11 @@ __all__ = [
     "dequantize",
     "flash_attention",
     "for_backend",
+    "kv_pool",
     "linear",
+    "paged_attention",
+    "paged_copy_blocks",
+    "paged_write",
     "panel_kernels",
     "quantize",
     "quantized_linear",

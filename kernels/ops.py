@@ -24,7 +24,11 @@ __all__ = [
     "decode_attention_rows",
     "flash_attention",
     "for_backend",
+    "kv_pool",
     "linear",
+    "paged_attention",
+    "paged_copy_blocks",
+    "paged_write",
     "panel_kernels",
     "quantized_linear",
     "reads_panels",
@@ -354,3 +358,158 @@ def rope(
         raise ValueError(f"rope: traditional must be a bool, got {type(traditional).__name__}")
     f32 = x.dtype == mx.float32 and inv_freq.dtype == mx.float32
     return registry.select("rope", backend, float32=f32)(x, inv_freq, offset, traditional)
+
+
+# ----- paged KV cache: one pool of fixed-size blocks per layer, rows reach their tokens via block tables -----
+
+
+def kv_pool(
+    num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int, *, backend: str | None = None
+) -> mx.array:
+    """One layer's paged key (or value) storage: (num_blocks, block_size, H_kv, D) float32. The cpu backend
+    leaves it uninitialized, so memory pages are taken only as blocks are first written (a pool sized for
+    the whole cache costs what its used blocks hold); ref fills zeros. Only written slots are ever read."""
+    for name, n in (("num_blocks", num_blocks), ("block_size", block_size), ("n_kv_heads", n_kv_heads),
+                    ("head_dim", head_dim)):  # fmt: skip
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"kv_pool: {name} must be an integer >= 1, got {n!r}")
+    return registry.select("kv_pool", backend)(num_blocks, block_size, n_kv_heads, head_dim)
+
+
+def _check_pool(op: str, k_pool: mx.array, v_pool: mx.array) -> tuple[int, int, int, int]:
+    for name, a in (("k_pool", k_pool), ("v_pool", v_pool)):
+        if not isinstance(a, mx.array) or a.ndim != 4 or a.dtype != mx.float32:
+            got = f"{a.dtype} {_shape(a)}" if isinstance(a, mx.array) else type(a).__name__
+            raise ValueError(f"{op}: {name} must be float32 (num_blocks, block_size, H_kv, D), got {got}")
+    if k_pool.shape != v_pool.shape:
+        raise ValueError(f"{op}: k_pool {_shape(k_pool)} and v_pool {_shape(v_pool)} must have one shape")
+    return tuple(k_pool.shape)
+
+
+_checked_tables: tuple = ()  # the (tables, lengths, L, pool shape) checked last: one step's layers share them
+
+
+def _check_tables(op: str, block_tables: mx.array, lengths: mx.array, B: int, L: int, pool_shape) -> None:
+    """Shapes, dtypes, and that every row's table covers its lengths with distinct real blocks. The values
+    are read (tables and lengths are small); the same arrays checked for the previous call (every layer of
+    a step gets the same ones) are not read again."""
+    global _checked_tables
+    key = (block_tables, lengths, L, tuple(pool_shape))
+    last = _checked_tables
+    if last and last[0] is block_tables and last[1] is lengths and last[2:] == key[2:]:
+        return
+    num_blocks, bs = pool_shape[0], pool_shape[1]
+    if not isinstance(block_tables, mx.array) or block_tables.ndim != 2 or block_tables.shape[0] != B:
+        raise ValueError(f"{op}: block_tables must be an int32 array (B, T) = ({B}, T)")
+    if block_tables.dtype != mx.int32:
+        raise ValueError(f"{op}: block_tables must be int32, got {block_tables.dtype}")
+    if not isinstance(lengths, mx.array) or lengths.shape != (B,) or lengths.dtype != mx.int32:
+        raise ValueError(f"{op}: lengths must be an int32 array ({B},)")
+    tables, lens = block_tables.tolist(), lengths.tolist()
+    for b, (row, n) in enumerate(zip(tables, lens, strict=True)):
+        if n < 0 or (n and n < L):
+            raise ValueError(f"{op}: row {b} holds {n} tokens: must be 0 (an empty row) or at least L = {L}")
+        need = -(-n // bs)
+        if need > len(row):
+            raise ValueError(f"{op}: row {b}'s {n} tokens are not covered by its table of {len(row)} blocks")
+        live = row[:need]
+        if any(not 0 <= blk < num_blocks for blk in live):
+            raise ValueError(f"{op}: row {b}'s table names a block outside the pool of {num_blocks}: {live}")
+        if len(set(live)) != len(live):
+            raise ValueError(f"{op}: row {b}'s table names a block twice: {live}")
+    _checked_tables = key
+
+
+def paged_write(
+    k: mx.array,
+    v: mx.array,
+    k_pool: mx.array,
+    v_pool: mx.array,
+    block_tables: mx.array,
+    lengths: mx.array,
+    *,
+    backend: str | None = None,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Store each row's new keys and values in its blocks.
+
+    k, v: (B, H_kv, L, D) float32, row b's L new tokens, which sit at positions lengths[b] - L + i of
+    the row; block_tables: (B, T) int32, row b's blocks in order (-1 past them); lengths: (B,) int32,
+    the tokens each row holds once these are stored. Position p of row b lives in block
+    block_tables[b, p // block_size], slot p % block_size. Returns (done, (k_pool, v_pool)): the cpu
+    kernel writes IN PLACE and returns the same pools, `done` being the op's output that later readers
+    and writers of the pools must be ordered after (`mx.depends`; `after` lists earlier writers this op
+    must follow, as for decode_attention_rows); ref returns new pools."""
+    num_blocks, bs, H_kv, D = _check_pool("paged_write", k_pool, v_pool)
+    if not isinstance(k, mx.array) or k.ndim != 4 or k.shape != v.shape or k.shape[1] != H_kv or k.shape[3] != D:
+        raise ValueError(f"paged_write: k, v must be (B, {H_kv}, L, {D}) like the pool, got {_shape(k)}")
+    if k.dtype != mx.float32 or v.dtype != mx.float32:
+        raise ValueError("paged_write: k and v must be float32 (the pool's dtype)")
+    _check_tables("paged_write", block_tables, lengths, k.shape[0], k.shape[2], k_pool.shape)
+    return registry.select("paged_write", backend)(k, v, k_pool, v_pool, block_tables, lengths, list(after))
+
+
+def paged_attention(
+    q: mx.array,
+    k: mx.array | None,
+    v: mx.array | None,
+    k_pool: mx.array,
+    v_pool: mx.array,
+    block_tables: mx.array,
+    lengths: mx.array,
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    backend: str | None = None,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Attention over each row's tokens, read through its block table (no contiguous copy of the cache).
+
+    q: (B, H, L, D) float32, the queries of each row's last L positions (a decode step: L = 1; a prefill
+    chunk over a cached prefix: L > 1); k, v: (B, H_kv, L, D), those positions' keys and values, stored
+    first as `paged_write` does (None: already stored); pools, block_tables, lengths as `paged_write`.
+    Query i of row b sits at position lengths[b] - L + i and sees keys 0 .. lengths[b] - 1, only those up
+    to its own position when causal; grouped-query heads as flash_attention; a row with lengths[b] = 0
+    (an empty slot of the batch) gets zeros. Returns (out (B, H, L, D), (k_pool, v_pool)); with k and v
+    the cpu kernel writes in place, so `out` is what later users of the pools follow (see paged_write).
+    """
+    num_blocks, bs, H_kv, D = _check_pool("paged_attention", k_pool, v_pool)
+    if not isinstance(q, mx.array) or q.ndim != 4 or q.shape[3] != D or q.dtype != mx.float32:
+        raise ValueError(f"paged_attention: q must be float32 (B, H, L, {D}), got {_shape(q)}")
+    B, H, L, _ = q.shape
+    if H % H_kv:
+        raise ValueError(f"paged_attention: query heads ({H}) must be a multiple of kv heads ({H_kv})")
+    if (k is None) != (v is None):
+        raise ValueError("paged_attention: give both k and v, or neither")
+    if k is not None and (
+        not isinstance(k, mx.array) or k.shape != (B, H_kv, L, D) or k.shape != v.shape
+        or k.dtype != mx.float32 or v.dtype != mx.float32
+    ):  # fmt: skip
+        raise ValueError(f"paged_attention: k, v must be float32 ({B}, {H_kv}, {L}, {D}), got {_shape(k)}")
+    _check_tables("paged_attention", block_tables, lengths, B, L, k_pool.shape)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    fn = registry.select("paged_attention", backend)
+    return fn(q, k, v, k_pool, v_pool, block_tables, lengths, scale, causal, list(after))
+
+
+def paged_copy_blocks(
+    k_pool: mx.array,
+    v_pool: mx.array,
+    src: Sequence[int],
+    dst: Sequence[int],
+    *,
+    backend: str | None = None,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Block dst[i] becomes a copy of block src[i], keys and values (copy-on-write: a sequence about to
+    write into a block it shares gets its own copy first). Returns (done, (k_pool, v_pool)) as
+    paged_write (in place on the cpu backend)."""
+    num_blocks = _check_pool("paged_copy_blocks", k_pool, v_pool)[0]
+    src, dst = [int(b) for b in src], [int(b) for b in dst]
+    if len(src) != len(dst):
+        raise ValueError(f"paged_copy_blocks: {len(src)} sources for {len(dst)} destinations")
+    if any(not 0 <= b < num_blocks for b in (*src, *dst)):
+        raise ValueError(f"paged_copy_blocks: a block outside the pool of {num_blocks}")
+    if len(set(dst)) != len(dst) or set(src) & set(dst):
+        raise ValueError("paged_copy_blocks: each destination once, and never a source")
+    return registry.select("paged_copy_blocks", backend)(k_pool, v_pool, src, dst, list(after))

@@ -107,6 +107,79 @@ def decode_attention_rows(
     return out, new_rows
 
 
+def kv_pool(num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int) -> mx.array:
+    """One layer's paged key (or value) storage, (num_blocks, block_size, H_kv, D) float32, zeros."""
+    return mx.zeros((num_blocks, block_size, n_kv_heads, head_dim), dtype=mx.float32)
+
+
+def _paged_slots(block_tables: mx.array, lengths: mx.array, L: int, block_size: int) -> tuple[mx.array, mx.array]:
+    """Blocks and slots of each row's last L positions (lengths[b] - L .. lengths[b] - 1): two (B * L,)."""
+    pos = lengths.astype(mx.int32)[:, None] - L + mx.arange(L, dtype=mx.int32)[None, :]  # (B, L)
+    blocks = mx.take_along_axis(block_tables, pos // block_size, axis=1)  # (B, L)
+    return blocks.reshape(-1), (pos % block_size).reshape(-1)
+
+
+def paged_write(
+    k: mx.array, v: mx.array, k_pool: mx.array, v_pool: mx.array, block_tables: mx.array, lengths: mx.array, after=()
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Store row b's L new keys/values (B, H_kv, L, D) at its positions lengths[b] - L + i, in the blocks
+    its table names: block block_tables[b, pos // bs], slot pos % bs. Returns (a marker array, (k_pool,
+    v_pool) updated: new arrays here, so `after` is not needed)."""
+    B, H_kv, L, D = k.shape
+    blocks, slots = _paged_slots(block_tables, lengths, L, k_pool.shape[1])
+    rows_k = k.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)  # (B * L, H_kv, D), row-major as (b, i)
+    rows_v = v.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)
+    k_pool, v_pool = mx.array(k_pool), mx.array(v_pool)
+    k_pool[blocks, slots] = rows_k
+    v_pool[blocks, slots] = rows_v
+    return k_pool[:0, 0, 0, 0], (k_pool, v_pool)
+
+
+def paged_attention(
+    q: mx.array,
+    k: mx.array | None,
+    v: mx.array | None,
+    k_pool: mx.array,
+    v_pool: mx.array,
+    block_tables: mx.array,
+    lengths: mx.array,
+    scale: float,
+    causal: bool = True,
+    after=(),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Attention through block tables, the plain way: store the new keys/values (when given, as
+    `paged_write`), gather each row's lengths[b] keys from its blocks into one padded (B, H_kv, S, D)
+    array, and run flash_attention with per-row lengths. q: (B, H, L, D), the last L positions of each
+    row. Returns (out (B, H, L, D), (k_pool, v_pool))."""
+    if k is not None:
+        _, (k_pool, v_pool) = paged_write(k, v, k_pool, v_pool, block_tables, lengths)
+    B = q.shape[0]
+    bs = k_pool.shape[1]
+    S = max(1, int(mx.max(lengths).item()) if B else 1)
+    pos = mx.arange(S, dtype=mx.int32)  # (S,)
+    blocks = mx.take(block_tables, pos // bs, axis=1)  # (B, S); -1 (padding) past each row's table
+    blocks = mx.where(blocks < 0, 0, blocks)  # any real block: positions past lengths[b] are hidden
+    keys = k_pool[blocks, pos % bs]  # (B, S, H_kv, D)
+    values = v_pool[blocks, pos % bs]
+    out = flash_attention(
+        q, keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3), scale, causal, lengths.astype(mx.int32)
+    )
+    return out, (k_pool, v_pool)
+
+
+def paged_copy_blocks(
+    k_pool: mx.array, v_pool: mx.array, src: list[int], dst: list[int], after=()
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """Copy whole blocks: block dst[i] becomes a copy of block src[i] (copy-on-write of a shared block).
+    Returns (a marker array, (k_pool, v_pool) updated)."""
+    k_pool, v_pool = mx.array(k_pool), mx.array(v_pool)
+    if src:
+        s, d = mx.array(src, dtype=mx.int32), mx.array(dst, dtype=mx.int32)
+        k_pool[d] = k_pool[s]
+        v_pool[d] = v_pool[s]
+    return k_pool[:0, 0, 0, 0], (k_pool, v_pool)
+
+
 def rms_norm(x: mx.array, w: mx.array, eps: float) -> mx.array:
     """x / sqrt(mean(x^2, last axis) + eps) * w. x: (..., D), w: (D,) -> (..., D).
     The statistics run in float32 (a float16 sum of squares overflows past 65504); the normalised x is

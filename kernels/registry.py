@@ -39,6 +39,10 @@ OPS: tuple[str, ...] = (
     "rms_norm",
     "rope",
     "swiglu",
+    "kv_pool",
+    "paged_write",
+    "paged_attention",
+    "paged_copy_blocks",
 )
 BACKENDS: tuple[str, ...] = ("ref", "cpu", "metal", "cuda")
 _MODULES = {
