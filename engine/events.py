@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from tiny_llm_playground.engine.cache import BlockPoolState
 from tiny_llm_playground.engine.sampling import SampleRecord
 from tiny_llm_playground.engine.serve.config import EngineConfig
 
@@ -42,6 +43,8 @@ class FinishEvent:
     decode_s: float  # first token -> finished
     queue_s: float = 0.0  # submitted -> admitted to a batch slot
     ttft_s: float = 0.0  # submitted -> first token
+    cached_prompt_tokens: int = 0  # prompt tokens a prefix cache already held (not computed)
+    preemptions: int = 0  # times the request was preempted (and computed again)
 
     @property
     def prefill_tps(self) -> float:
@@ -74,6 +77,7 @@ class StepEvent:
     finished: tuple[int, ...]
     new_tokens: int  # tokens sampled this step
     duration_s: float
+    preempted: tuple[int, ...] = ()  # requests sent back to the queue to make room (paged cache)
 
     @property
     def batch(self) -> tuple[int, ...]:
@@ -95,7 +99,10 @@ class RequestState:
     generated: int
     cache_tokens: int
     cache_bytes: int  # K/V bytes of the cached tokens
-    allocated_bytes: int = 0  # bytes of the slot's cache buffers (grown in steps, so >= cache_bytes)
+    allocated_bytes: int = 0  # bytes of the storage it holds (dense: buffers grown in steps; paged: blocks)
+    blocks: tuple[int, ...] = ()  # paged: its block table
+    cached_prompt_tokens: int = 0  # prompt tokens found in the prefix cache
+    preemptions: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,3 +134,5 @@ class EngineSnapshot:
     tokens_per_s: float  # sampled tokens per second of step time over the recent steps
     config: EngineConfig
     timings: tuple[RequestTiming, ...] = ()  # live requests, then the recently finished (newest last)
+    blocks: BlockPoolState | None = None  # the paged cache's pool (None: the dense cache)
+    kv_block_bytes: int = 0  # bytes one block takes over all layers (paged; 0 before the first write)

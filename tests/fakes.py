@@ -65,11 +65,11 @@ class ScriptedModel:
         c = cache[0]
         before = c.offset  # what a real model's RoPE would read: each row's tokens so far
         positions = [before] * B if isinstance(before, int) else before.tolist()
-        if isinstance(c, DenseKVCache) and c.lengths and positions != c.lengths:
+        if c.lengths and positions != c.lengths:  # DenseKVCache and PagedKVCache both count per row
             raise AssertionError(f"the cache's offset {positions} is not what its rows hold {c.lengths}")
         as_keys = ids.astype(mx.float32).reshape(B, 1, L, 1)  # one number per token: its id
         keys, _ = c.update_and_fetch(as_keys, as_keys)  # (B, 1, S, 1), rows right-padded
-        lengths = c.lengths if isinstance(c, DenseKVCache) else [keys.shape[2]] * B
+        lengths = c.lengths  # each row's tokens, now the new ones included
         return [[int(t) for t in keys[b, 0, : lengths[b], 0].tolist()] for b in range(B)]
 
     def hidden_states(self, ids: mx.array, cache: list | None = None) -> mx.array:

@@ -1,18 +1,25 @@
 """Engine configuration: one validated dataclass, separate from the per-request `SamplingParams`.
 
 The knobs of continuous batching:
-- `max_batch`: sequences in flight at once (each holds one KV-cache slot); decode rows per step.
-- `max_waiting`: requests queued for a slot before `submit()` says the engine is busy.
+- `max_batch`: sequences in flight at once; decode rows per step.
+- `max_waiting`: requests queued for admission before `submit()` says the engine is busy.
 - `prefill_chunk`: the most prompt tokens one sequence prefills in one step (long prompts are split so
   decoding sequences keep getting a token every step).
 - `max_tokens_per_step`: the step's token budget: one per decode row, the rest goes to prefill chunks.
-- `cache_tokens`: KV-cache capacity in tokens over all slots; a request reserves prompt + max new tokens
-  when it is admitted, so a running sequence never runs out of cache (no preemption needed).
+The KV cache:
+- `kv_cache`: "paged" (the default: a pool of `block_size`-token blocks taken as tokens arrive, a prefix
+  cache, preemption when the pool runs out) or "dense" (the readable week-2 cache: per-sequence buffers,
+  prompt + max new tokens reserved at admission, so nothing is ever preempted).
+- `cache_tokens`: the cache's capacity in tokens over all sequences (the paged pool holds
+  cache_tokens / block_size blocks; `kv_pool_blocks` sets the block count directly instead).
+- `prefix_caching`: paged only; full computed blocks are shared by later prompts that start the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+KV_CACHES = ("paged", "dense")
 
 
 @dataclass(frozen=True)
@@ -23,9 +30,13 @@ class EngineConfig:
     max_tokens_per_step: int = 512
     cache_tokens: int = 65536
     recent_steps: int = 128  # step events kept for the snapshot
+    kv_cache: str = "paged"
+    block_size: int = 16
+    kv_pool_blocks: int | None = None  # paged: the pool's blocks (None = cache_tokens / block_size)
+    prefix_caching: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_waiting", "prefill_chunk", "max_tokens_per_step", "cache_tokens"):
+        for name in ("max_batch", "max_waiting", "prefill_chunk", "max_tokens_per_step", "cache_tokens", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"invalid engine config: {name} must be an integer >= 1, got {value!r}")
@@ -34,5 +45,21 @@ class EngineConfig:
                 f"invalid engine config: max_tokens_per_step ({self.max_tokens_per_step}) must be at least"
                 f" max_batch ({self.max_batch}), so every decoding sequence gets its token each step"
             )
-        if self.recent_steps < 0:
+        if not isinstance(self.recent_steps, int) or self.recent_steps < 0:
             raise ValueError("invalid engine config: recent_steps must be >= 0")
+        if self.kv_cache not in KV_CACHES:
+            raise ValueError(
+                f"invalid engine config: kv_cache must be one of {', '.join(KV_CACHES)}, got {self.kv_cache!r}"
+            )
+        blocks = self.kv_pool_blocks
+        if blocks is not None and (not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1):
+            raise ValueError(f"invalid engine config: kv_pool_blocks must be an integer >= 1 or None, got {blocks!r}")
+        if not isinstance(self.prefix_caching, bool):
+            raise ValueError("invalid engine config: prefix_caching must be true or false")
+
+    @property
+    def pool_blocks(self) -> int:
+        """Blocks of the paged pool."""
+        if self.kv_pool_blocks is not None:
+            return self.kv_pool_blocks
+        return -(-self.cache_tokens // self.block_size)  # whole blocks holding cache_tokens

@@ -16,7 +16,7 @@ from collections import deque
 
 import numpy as np
 
-from tiny_llm_playground.engine.cache import SlotPool
+from tiny_llm_playground.engine.cache import BlockManager, KVAllocator, SlotPool
 from tiny_llm_playground.engine.events import StepEvent
 from tiny_llm_playground.engine.models import CausalLM
 from tiny_llm_playground.engine.serve.config import EngineConfig
@@ -35,11 +35,16 @@ class EngineCore:
         prefilled in one chunk: prefill_chunk and max_tokens_per_step at least the prompt's length).
         raise_errors: a failing forward or sampler raises out of `step()` as it is, instead of ending its
         requests with an ErrorEvent (one caller, one request: `generate()`)."""
-        self.config = config or EngineConfig()
+        self.config = c = config or EngineConfig()
         self.raise_errors = raise_errors
-        self.pool = SlotPool(self.config.max_batch, self.config.cache_tokens)
-        self.scheduler = Scheduler(self.config, self.pool)
-        self.runner = ModelRunner(model, use_cache=use_cache)
+        self.pool: KVAllocator
+        if c.kv_cache == "paged":
+            self.pool = BlockManager(c.pool_blocks, c.block_size, prefix_caching=c.prefix_caching)
+        else:
+            self.pool = SlotPool(c.max_batch, c.cache_tokens)
+        self.scheduler = Scheduler(c, self.pool)
+        blocks = self.pool if isinstance(self.pool, BlockManager) else None
+        self.runner = ModelRunner(model, use_cache=use_cache, blocks=blocks, backend=getattr(model, "backend", None))
         self.steps: deque[StepEvent] = deque(maxlen=self.config.recent_steps)
         self._index = 0
 
@@ -62,8 +67,6 @@ class EngineCore:
             s.finish("cancelled")
             self._free(s)
         plan = self.scheduler.schedule()
-        for s in plan.admitted:
-            s.admitted_at = t0
         new_tokens = 0
         if plan.decode:
             try:
@@ -72,6 +75,7 @@ class EngineCore:
                 for s in plan.decode:
                     self._fail(s, e)
             else:
+                self._commit(plan.decode)
                 new_tokens += sum(self._sample(s, row) for s, row in zip(plan.decode, logits, strict=True))
         groups: dict[int, list[Sequence]] = {}  # chunks of one length run as one batched forward
         for s, n in plan.prefill:
@@ -83,6 +87,7 @@ class EngineCore:
                 for s in seqs:
                     self._fail(s, e)
                 continue
+            self._commit(seqs)
             for s, row in zip(seqs, rows, strict=True):
                 if row is not None:
                     s.status = Status.DECODING
@@ -95,6 +100,7 @@ class EngineCore:
             prefill=tuple((s.id, n) for s, n in plan.prefill),
             admitted=tuple(s.id for s in plan.admitted),
             finished=tuple(s.id for s in finished),
+            preempted=tuple(s.id for s in plan.preempted),
             new_tokens=new_tokens,
             duration_s=time.perf_counter() - t0,
         )
@@ -119,6 +125,11 @@ class EngineCore:
         """Every sequence the core holds: running (admission order), then waiting (arrival order)."""
         return [*self.scheduler.running, *self.scheduler.waiting]
 
+    def _commit(self, seqs) -> None:
+        """The forward computed these sequences' new tokens: the cache may share their full blocks now."""
+        for s in seqs:
+            self.pool.commit(s.id, s.history, s.num_cached)
+
     def _sample(self, s: Sequence, logits: np.ndarray) -> int:
         try:
             s.accept(s.sample(logits))
@@ -137,7 +148,5 @@ class EngineCore:
         self._free(s)
 
     def _free(self, s: Sequence) -> None:
-        slot = s.slot
         self.scheduler.remove(s)
-        if slot is not None:
-            self.runner.release(slot)
+        self.runner.release(s)

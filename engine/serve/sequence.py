@@ -1,10 +1,12 @@
 """One request inside the engine: its tokens, sampler, text state, cache slot, status and timings.
 
 A sequence moves WAITING -> PREFILLING -> DECODING -> FINISHED (or to FINISHED from any state when it is
-cancelled or fails). The scheduler reads only integers from it (`prefill_left`, `cache_need`, status);
-the model runner feeds `next_input` to the model and counts `num_cached`, the one record of how many of
-its tokens the model has processed (their keys and values are in its cache); `accept()` turns each
-sampled token into events. These finishing rules (EOS unless ignore_eos, stop strings, the length limit)
+cancelled or fails); a preempted one goes back to WAITING and, readmitted, prefills its prompt and the
+tokens it had generated (`prefill_ids`) before it decodes on. The scheduler reads only integers from it
+(`prefill_left`, `cache_need`, status); the model runner feeds `next_input` to the model and counts
+`num_cached`, the one record of how many of its tokens the model has processed (their keys and values
+are in its cache; a prefix cache's hit starts it above 0); `accept()` turns each sampled token into
+events. These finishing rules (EOS unless ignore_eos, stop strings, the length limit)
 exist only here: `generate()` and the threaded `Engine` both run sequences.
 """
 
@@ -65,6 +67,8 @@ class Sequence:
         self.status = Status.WAITING
         self.slot: int | None = None  # the allocator's handle while the sequence holds cache capacity
         self.num_cached = 0  # tokens the model has processed: their keys and values are in the cache
+        self.cached_prompt_tokens = 0  # prompt tokens found in a prefix cache at the first admission
+        self.preemptions = 0
         self.output_ids: list[int] = []
         self.sampler = Sampler(params)
         # Ids that finish the request: the tokenizer's EOS set, empty when the params say ignore_eos.
@@ -83,8 +87,27 @@ class Sequence:
         return len(self.prompt_ids) + self.max_new
 
     @property
+    def prefill_ids(self) -> list[int]:
+        """What a prefill computes: the prompt, and after a preemption the tokens generated before it."""
+        return self.history if self.output_ids else self.prompt_ids
+
+    @property
     def prefill_left(self) -> int:
-        return max(0, len(self.prompt_ids) - self.num_cached)
+        return max(0, len(self.prefill_ids) - self.num_cached)
+
+    def admit(self, cached_tokens: int) -> None:
+        """Admitted to the cache with its first `cached_tokens` already computed (a prefix hit)."""
+        self.status = Status.PREFILLING
+        self.num_cached = cached_tokens
+        if self.admitted_at is None:  # the first admission: what the request's figures report
+            self.admitted_at = time.perf_counter()
+            self.cached_prompt_tokens = cached_tokens
+
+    def restart(self) -> None:
+        """Preempted: its cache is gone; it waits to be admitted and computed again."""
+        self.status = Status.WAITING
+        self.num_cached = 0
+        self.preemptions += 1
 
     @property
     def next_input(self) -> int:
@@ -145,6 +168,8 @@ class Sequence:
                 decode_s=self.finished_at - first,
                 queue_s=admitted - t,
                 ttft_s=first - t,
+                cached_prompt_tokens=self.cached_prompt_tokens,
+                preemptions=self.preemptions,
             )
         )
 

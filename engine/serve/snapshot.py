@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tiny_llm_playground.engine.cache import BlockManager
 from tiny_llm_playground.engine.events import EngineSnapshot, RequestState, RequestTiming
 from tiny_llm_playground.engine.serve.config import EngineConfig
 from tiny_llm_playground.engine.serve.engine_core import EngineCore
@@ -37,42 +38,54 @@ def request_timing(seq: Sequence, now: float) -> RequestTiming:
 
 def request_states(core: EngineCore) -> tuple[RequestState, ...]:
     """Every request the core holds (running, then waiting) with the cache it holds."""
-    return tuple(
-        RequestState(
-            id=s.id,
-            status=s.status.value,
-            slot=s.slot,
-            prompt_tokens=len(s.prompt_ids),
-            generated=len(s.output_ids),
-            cache_tokens=s.num_cached,
-            cache_bytes=core.runner.cache_bytes(s),
-            allocated_bytes=core.runner.allocated_bytes(s.slot),
+    paged = isinstance(core.pool, BlockManager)
+    out = []
+    for s in core.sequences():
+        held = s.slot is not None
+        out.append(
+            RequestState(
+                id=s.id,
+                status=s.status.value,
+                slot=core.pool.slot(s.id) if held and not paged else None,
+                prompt_tokens=len(s.prompt_ids),
+                generated=len(s.output_ids),
+                cache_tokens=s.num_cached,
+                cache_bytes=core.runner.cache_bytes(s),
+                allocated_bytes=core.runner.allocated_bytes(s),
+                blocks=tuple(core.pool.table(s.id)) if held and paged else (),
+                cached_prompt_tokens=s.cached_prompt_tokens,
+                preemptions=s.preemptions,
+            )
         )
-        for s in core.sequences()
-    )
+    return tuple(out)
 
 
 def engine_snapshot(core: EngineCore, *, model: str, served: int, timings: Iterable[RequestTiming]) -> EngineSnapshot:
     steps = tuple(core.steps)
     busy = sum(s.duration_s for s in steps)
+    paged = isinstance(core.pool, BlockManager)
+    running = tuple(s.id for s in core.scheduler.running)
     return EngineSnapshot(
         model=model,
         ready=True,
-        running=tuple(s.id for s in core.scheduler.running),
+        running=running,
         waiting=tuple(s.id for s in core.scheduler.waiting),
         served=served,
-        free_slots=core.pool.free_slots,
-        total_slots=core.pool.num_slots,
+        free_slots=core.config.max_batch - len(running),
+        total_slots=core.config.max_batch,
         free_cache_tokens=core.pool.free_tokens,
         requests=request_states(core),
         steps=steps,
         tokens_per_s=sum(s.new_tokens for s in steps) / busy if busy > 0 else 0.0,
         config=core.config,
         timings=tuple(timings),
+        blocks=core.pool.state() if paged else None,
+        kv_block_bytes=core.runner.pool.block_nbytes if paged else 0,
     )
 
 
 def empty_snapshot(model: str, config: EngineConfig, *, ready: bool, waiting: tuple[int, ...]) -> EngineSnapshot:
-    """Before the first step: nothing ran, every slot is free."""
+    """Before the first step: nothing ran, the whole cache is free."""
     c = config
-    return EngineSnapshot(model, ready, (), waiting, 0, c.max_batch, c.max_batch, c.cache_tokens, (), (), 0.0, c)
+    free = c.pool_blocks * c.block_size if c.kv_cache == "paged" else c.cache_tokens
+    return EngineSnapshot(model, ready, (), waiting, 0, c.max_batch, c.max_batch, free, (), (), 0.0, c)
