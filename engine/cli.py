@@ -100,7 +100,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     lm = load_model(args.model, backend=args.backend, quant=args.quant)
     ids = _prompt_ids(lm, args)
     finish = None
-    for ev in generate(lm.model, lm.tokenizer, ids, params, use_cache=not args.no_cache):
+    kv = {"kv_cache": args.kv_cache, "block_size": args.block_size}
+    for ev in generate(lm.model, lm.tokenizer, ids, params, use_cache=not args.no_cache, **kv):
         if isinstance(ev, FinishEvent):
             finish = ev
             if not args.json:
@@ -115,6 +116,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             "finish_reason": finish.reason, "prefill_s": round(finish.prefill_s, 4),
             "decode_s": round(finish.decode_s, 4), "prefill_tps": round(finish.prefill_tps, 2),
             "decode_tps": round(finish.decode_tps, 2), "cache": not args.no_cache, "quant": lm.quant,
+            "kv_cache": args.kv_cache, "cached_prompt_tokens": finish.cached_prompt_tokens,
         }, ensure_ascii=False))  # fmt: skip
     else:
         print(
@@ -147,10 +149,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from tiny_llm_playground.engine.bench import BenchOptions, format_report, parse_requests, run_bench
 
     opts = BenchOptions(
-        model=args.model, backend=args.backend, quant=args.quant, prompt_len=args.prompt_len, gen=args.gen,
+        model=args.model, backend=args.backend, quant=args.quant, prompt_len=args.prompt_len,
+        gen=args.gen or (64 if args.workload == "shared-prefix" else 128),
         requests=parse_requests(args.requests), peer=args.peer, reps=args.reps, contend=args.contend,
         contend_gen=args.contend_gen, peer_gen=args.peer_gen, peer_gguf=args.peer_gguf, threads=args.threads,
-        no_cache_tokens=args.no_cache_tokens, no_cache_requests=args.no_cache_requests,
+        no_cache_tokens=args.no_cache_tokens, no_cache_requests=args.no_cache_requests, kv_cache=args.kv_cache,
+        block_size=args.block_size, prefix_caching=not args.no_prefix_cache, kv_pool_tokens=args.kv_pool_tokens,
+        workload=args.workload, system_tokens=args.system_tokens,
     )  # fmt: skip
     res = run_bench(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     text = json.dumps(res, indent=1)
@@ -176,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("name", nargs="?", help="one model (default: all known)")
     i.set_defaults(func=_cmd_info)
 
+    def kv_args(sp: argparse.ArgumentParser, both: bool) -> None:
+        kinds = ["paged", "dense", "both"] if both else ["paged", "dense"]
+        sp.add_argument("--kv-cache", default="paged", choices=kinds,
+                        help="the KV cache: paged blocks (default), dense per-request buffers"
+                        + (", or both (paged, a dense engine measured beside it)" if both else ""))  # fmt: skip
+        sp.add_argument("--block-size", type=int, default=16, help="tokens per block of the paged cache (16)")
+        sp.add_argument("--no-prefix-cache", action="store_true", help="paged: never share computed blocks")
+
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default=default_model(), help="manifest name or model folder")
         sp.add_argument("--backend", default=None, help="kernel backend: ref, cpu, ... (default fastest)")
@@ -197,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--no-cache", action="store_true", help="week-1 path: recompute the sequence each step")
+    kv_args(g, both=False)
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     g.set_defaults(func=_cmd_generate)
 
@@ -218,7 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", default=None, help="kernel backend: ref, cpu, ... (default fastest)")
     b.add_argument("--quant", default=None, choices=QUANT_MODES, help=f"weight format (default {DEFAULT_QUANT})")
     b.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request (default 128)")
-    b.add_argument("--gen", type=int, default=128, help="new tokens per request, EOS ignored (default 128)")
+    b.add_argument(
+        "--gen",
+        type=int,
+        default=None,
+        help="new tokens per request, EOS ignored (default 128; 64 with --workload shared-prefix)",
+    )
     b.add_argument("--requests", default="1,4,8,16", help="concurrency levels, comma-separated (default 1,4,8,16)")
     b.add_argument("--peer", default="none", choices=["none", "llama.cpp", "mlx-lm"], help="peer to compare with")
     b.add_argument("--reps", type=int, default=3, help="single-stream runs, engine and peer alternating (median)")
@@ -229,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     b.add_argument("--no-cache-tokens", type=int, default=8, help="no-cache tokens timed per request (default 8)")
     b.add_argument("--no-cache-requests", type=int, default=1, help="requests timed on the no-cache path")
+    kv_args(b, both=True)
+    b.add_argument("--kv-pool-tokens", type=int, default=None,
+                   help="cap the KV cache at N tokens (the paged pool preempts; outputs are checked against an"
+                   " uncapped engine in the same run)")  # fmt: skip
+    b.add_argument(
+        "--workload",
+        default="default",
+        choices=["default", "shared-prefix"],
+        help="shared-prefix: 16 requests under one 1,024-token system prompt, prefix cache on and off",
+    )
+    b.add_argument("--system-tokens", type=int, default=1024, help="shared-prefix: the system prompt's tokens")
     b.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     b.add_argument("--out", type=Path, default=None, help="also write the JSON object to this file")
     b.set_defaults(func=_cmd_bench)

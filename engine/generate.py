@@ -38,16 +38,20 @@ def generate(
     params: SamplingParams,
     *,
     use_cache: bool = True,
+    kv_cache: str = "paged",
+    block_size: int = 16,
 ) -> Iterator[TokenEvent | FinishEvent]:
     """Stream tokens for one prompt. Stops on an EOS token (unless `params.ignore_eos`), a stop string, or
-    max_tokens / the context. Raises PromptError for an empty prompt or one that fills the context; an
-    error inside a forward or the sampler comes out as it was raised."""
+    max_tokens / the context. kv_cache: "paged" (blocks of `block_size` tokens) or "dense". Raises
+    PromptError for an empty prompt or one that fills the context; an error inside a forward or the
+    sampler comes out as it was raised."""
     events: deque[RequestEvent] = deque()
     context = model.args.max_position_embeddings
     seq = Sequence(0, prompt_ids, params, context=context, tokenizer=tokenizer, emit=events.append)
     n = len(seq.prompt_ids)  # the whole prompt in the first step, as one forward
     config = EngineConfig(max_batch=1, max_waiting=1, prefill_chunk=n, max_tokens_per_step=n,
-                          cache_tokens=seq.cache_need, recent_steps=0)  # fmt: skip
+                          cache_tokens=seq.cache_need, recent_steps=0, kv_cache=kv_cache,
+                          block_size=block_size)  # fmt: skip
     core = EngineCore(model, config, use_cache=use_cache, raise_errors=True)
     core.add(seq)
     while core.has_work:

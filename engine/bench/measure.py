@@ -41,6 +41,9 @@ class LevelRun:
     total_tps: float
     ttft_s: tuple[float, ...]  # per request, submission order
     decode_tps: tuple[float, ...]  # per request
+    token_ids: tuple[tuple[int, ...], ...] = ()  # per request: what it generated
+    cached_prompt_tokens: tuple[int, ...] = ()  # per request: its prompt tokens found in the prefix cache
+    preemptions: tuple[int, ...] = ()  # per request
 
 
 def finish_of(handle: RequestHandle, gen: int) -> FinishEvent:
@@ -62,11 +65,30 @@ def single_stream(engine: Engine, ids: list[int], gen: int) -> StreamRun:
     return StreamRun(fin.prefill_tps, fin.decode_tps, fin.ttft_s, fin.token_ids)
 
 
-def concurrent(engine: Engine, prompts: list[list[int]], gen: int) -> LevelRun:
+def concurrent(engine: Engine, prompts: list[list[int]], gen: int, *, stagger_first: bool = False) -> LevelRun:
+    """N requests submitted at once. stagger_first: the first alone until its first token (its prompt is
+    then computed and in the prefix cache), then the others at once (a class asking under one prompt)."""
     params = bench_params(gen)
     t0 = time.perf_counter()
-    handles = [engine.submit(ids, params) for ids in prompts]
-    fins = [finish_of(h, gen) for h in handles]
+    handles = [engine.submit(prompts[0], params)]
+    fins: list[FinishEvent] = []
+    if stagger_first:
+        events = iter(handles[0])
+        for ev in events:
+            if isinstance(ev, ErrorEvent):
+                raise RuntimeError(f"benchmark request {handles[0].id} failed: {ev.message}")
+            if isinstance(ev, TokenEvent):
+                break
+        handles += [engine.submit(ids, params) for ids in prompts[1:]]
+        rest = list(events)
+        fin = rest[-1] if rest else None
+        if not isinstance(fin, FinishEvent) or len(fin.token_ids) != gen:
+            raise RuntimeError(f"benchmark request {handles[0].id} should make {gen} tokens, got {fin}")
+        fins.append(fin)
+        fins += [finish_of(h, gen) for h in handles[1:]]
+    else:
+        handles += [engine.submit(ids, params) for ids in prompts[1:]]
+        fins = [finish_of(h, gen) for h in handles]
     # Each request's last token came at submitted + ttft + decode time (engine-side timestamps).
     end = max(h.submitted_at + f.ttft_s + f.decode_s for h, f in zip(handles, fins, strict=True))
     wall = end - t0
@@ -78,6 +100,9 @@ def concurrent(engine: Engine, prompts: list[list[int]], gen: int) -> LevelRun:
         total_tps=tokens / wall if wall > 0 else 0.0,
         ttft_s=tuple(f.ttft_s for f in fins),
         decode_tps=tuple(f.decode_tps for f in fins),
+        token_ids=tuple(f.token_ids for f in fins),
+        cached_prompt_tokens=tuple(f.cached_prompt_tokens for f in fins),
+        preemptions=tuple(f.preemptions for f in fins),
     )
 
 

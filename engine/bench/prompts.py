@@ -104,3 +104,13 @@ def bench_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 def ids_sha256(ids: list[int]) -> str:
     """A short fingerprint of a prompt's ids, to see at a glance that two runs fed the same tokens."""
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def shared_prefix_prompts(tokenizer, n: int, system_len: int, q_min: int, q_max: int) -> list[list[int]]:
+    """n prompts that share one `system_len`-token system prompt (the stream's first tokens), each followed
+    by its own question of q_min..q_max tokens (request i: length q_min + (7i mod (q_max - q_min + 1)),
+    starting 97i tokens further into the same stream): a class of students asking under one prompt."""
+    span = q_max - q_min + 1
+    stream = token_stream(tokenizer, system_len + 97 * n + q_max)
+    system = stream[:system_len]
+    return [system + stream[system_len + 97 * i : system_len + 97 * i + q_min + (7 * i) % span] for i in range(n)]

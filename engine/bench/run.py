@@ -3,7 +3,11 @@
 Order (progress lines go to stderr): load the engine (and start the peer in its own process) -> warm both
 up -> single stream, alternating engine and peer, `reps` times -> each concurrency level -> the no-cache
 path -> with `--contend`, single stream again (engine and peer alternating) while a busy loop holds a core
--> peak RSS. The result is one JSON-able dict; `format_report` turns it into the table.
+-> peak RSS. The KV cache's options add, in the same run: `--kv-cache both` a dense-cache engine beside
+the paged one, alternating with it in the single-stream reps and the levels; `--kv-pool-tokens` a capped
+pool whose outputs are checked against an uncapped engine's; `--workload shared-prefix` the prefix
+cache's workload instead of the levels (engine/bench/kv.py). The result is one JSON-able dict;
+`format_report` turns it into the table.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tiny_llm_playground.engine.bench import measure
+from tiny_llm_playground.engine.bench import kv, measure
 from tiny_llm_playground.engine.bench.peers import (
     BusyCore,
     PeerProcess,
@@ -32,8 +36,10 @@ from tiny_llm_playground.engine.bench.stats import (
     common_prefix,
     compute_ratios,
     extrapolate_no_cache,
+    kv_checks,
     median,
     percentile,
+    ratio,
     rss_bytes,
     target_checks,
 )
@@ -76,6 +82,12 @@ class BenchOptions:
     threads: int | None = None  # llama.cpp threads; default: the cores this process may use
     no_cache_tokens: int = 8  # tokens timed per no-cache request (the rest is extrapolated)
     no_cache_requests: int = 1  # requests timed on the no-cache path
+    kv_cache: str = "paged"  # paged | dense | both (paged, and a dense engine beside it)
+    block_size: int = 16
+    prefix_caching: bool = True
+    kv_pool_tokens: int | None = None  # cap the cache (None: room for every request)
+    workload: str = "default"  # default | shared-prefix
+    system_tokens: int = 1024  # shared-prefix: the system prompt every request starts with
 
     def __post_init__(self) -> None:
         checks = [
@@ -88,6 +100,19 @@ class BenchOptions:
             (self.peer_gen is None or self.peer_gen >= 2, "--peer-gen must be >= 2"),
             (self.contend_gen is None or self.contend_gen >= 2, "--contend-gen must be >= 2"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
+            (self.kv_cache in ("paged", "dense", "both"), "--kv-cache must be paged, dense or both"),
+            (self.block_size >= 1, "--block-size must be >= 1"),
+            (self.kv_pool_tokens is None or self.kv_pool_tokens >= 1, "--kv-pool-tokens must be >= 1"),
+            (self.workload in ("default", "shared-prefix"), "--workload must be default or shared-prefix"),
+            (self.system_tokens >= 1, "--system-tokens must be >= 1"),
+            (
+                self.workload == "default" or self.kv_cache == "paged",
+                "--workload shared-prefix measures the paged cache's prefix cache: use --kv-cache paged",
+            ),
+            (
+                self.kv_pool_tokens is None or self.kv_cache != "both",
+                "--kv-pool-tokens with --kv-cache both: cap one cache at a time (paged or dense)",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -159,34 +184,57 @@ def _peer_dict(r) -> dict:
     }
 
 
+def _config(opts: BenchOptions, **over):
+    from tiny_llm_playground.engine.serve.config import EngineConfig
+
+    n_max, P, G = opts.max_n, opts.prompt_len, opts.gen
+    batch = max(16, n_max)
+    need = n_max * (P + G) if opts.workload == "default" else max(n_max, 16) * (opts.system_tokens + 64 + G)
+    fields = {
+        "max_batch": batch,
+        "max_waiting": max(64, n_max),
+        "max_tokens_per_step": max(512, batch),
+        "cache_tokens": opts.kv_pool_tokens or max(65536, need),
+        "kv_cache": "paged" if opts.kv_cache == "both" else opts.kv_cache,
+        "block_size": opts.block_size,
+        "prefix_caching": opts.prefix_caching,
+    }
+    return EngineConfig(**{**fields, **over})
+
+
 def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Run every measurement and return the result object (see the README's Benchmarks section)."""
-    from tiny_llm_playground.engine.serve.config import EngineConfig
     from tiny_llm_playground.engine.serve.engine import Engine
 
     check_installed(opts.peer)
     _check_model(opts.model)
     gguf = _resolve_peer_files(opts)
     n_max, P, G = opts.max_n, opts.prompt_len, opts.gen
-    batch = max(16, n_max)
-    config = EngineConfig(
-        max_batch=batch,
-        max_waiting=max(64, n_max),
-        max_tokens_per_step=max(512, batch),
-        cache_tokens=max(65536, n_max * (P + G)),
-    )
-    log(f"loading {opts.model} ...")
+    config = _config(opts)
+    log(f"loading {opts.model} ({config.kv_cache} KV cache) ...")
     engine = Engine(opts.model, backend=opts.backend, config=config, quant=opts.quant)
+    twins: list = []  # engines measured beside it: dense (--kv-cache both), uncapped, no prefix cache
     peer: PeerProcess | None = None
+
+    def twin(label: str, **over):
+        log(f"loading a second engine: {label} ...")
+        e = Engine(opts.model, backend=opts.backend, config=_config(opts, **over), quant=opts.quant)
+        twins.append(e)
+        e.wait_ready()
+        measure.single_stream(e, ids0, min(G, 4))  # warm-up
+        return e
+
     try:
         engine.wait_ready()
         lm = engine.loaded
         context = lm.model.args.max_position_embeddings
-        if P + G > context:
+        if P + G > context and opts.workload == "default":
             raise ValueError(f"--prompt-len {P} + --gen {G} = {P + G} tokens exceed the model's context ({context})")
         stream = token_stream(lm.tokenizer, max((n_max - 1) * STRIDE + P, P + G))
         prompts = windows(stream, n_max, P)
         ids0 = prompts[0]
+        if opts.workload == "shared-prefix":  # warm up on other tokens: the system prompt must start cold
+            ids0 = stream[::-1][: max(1, min(32, context // 4))]
         if gguf is not None and not gguf.is_file():
             raise PeerUnavailable(f"llama.cpp needs the model's GGUF at {gguf}; it is missing")
         threads = opts.threads or cpu_cores()
@@ -205,8 +253,28 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
             )
         measure.single_stream(engine, ids0, min(G, 4))  # warm-up
 
-        eng_runs, peer_runs = _single_stream_phase(opts, engine, peer, ids0, log)
+        if opts.workload == "shared-prefix":
+            off = twin("the same paged cache without its prefix cache", prefix_caching=False)
+            n = n_max if n_max > 1 else 16
+            if opts.system_tokens + kv.QUESTION_TOKENS[1] + G > context:
+                raise ValueError(f"--system-tokens {opts.system_tokens} + a {kv.QUESTION_TOKENS[1]}-token question"
+                                 f" + --gen {G} exceed the model's context ({context})")  # fmt: skip
+            shared = kv.shared_prefix(engine, off, lm.tokenizer, n, G, opts.system_tokens, log)
+            rss = rss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            return _shared_result(opts, lm, shared, rss, config)
+
+        dense = twin("dense KV cache", kv_cache="dense") if opts.kv_cache == "both" else None
+        eng_runs, peer_runs, dense_runs = _single_stream_phase(opts, engine, peer, ids0, log, dense)
         levels = [_level(engine, prompts[:n], G, log) for n in opts.requests]
+        dense_levels = [_level(dense, prompts[:n], G, log, "dense") for n in opts.requests] if dense else None
+        capped = None
+        if opts.kv_pool_tokens is not None:
+            ref = twin("the same cache, uncapped", cache_tokens=max(65536, n_max * (P + G)), kv_pool_blocks=None)
+            capped = _capped_phase(engine, ref, prompts, opts, levels, log)
+        for lv, dv in zip(levels, dense_levels or [None] * len(levels), strict=True):  # outputs: compared, not kept
+            tokens = lv.pop("token_ids", None)
+            if dv is not None:
+                dv["same_tokens_as_paged"] = dv.pop("token_ids") == tokens
         est = _no_cache_phase(opts, engine, prompts, stream, log)
         contention = _contention_phase(opts, engine, peer, ids0, log) if opts.contend else None
 
@@ -222,34 +290,111 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                 "peak_rss_bytes": peer_rss,
             }
             peer = None
-        return _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, peer_info)
+        res = _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, peer_info)
+        res["max_batch"] = config.max_batch
+        res["engine"]["kv"] = {"cache": config.kv_cache, "prefix_caching": config.prefix_caching,
+                               **(kv.kv_state(engine) or {})}  # fmt: skip
+        if dense is not None:
+            res["dense"] = {"single": _stream_summary(dense_runs), "levels": dense_levels}
+        if capped is not None:
+            res["capped"] = capped
+        res["ratios"].update(_kv_ratios(res))
+        res["checks"] += [asdict(c) for c in kv_checks(res)]
+        if len(twins) or opts.kv_cache == "both":
+            res["notes"].append("peak RSS covers every engine this run loaded (one model copy each)")
+        return res
     finally:
         if peer is not None:
             peer.close()
+        for e in twins:
+            e.shutdown()
         engine.shutdown()
 
 
-def _single_stream_phase(opts: BenchOptions, engine, peer: PeerProcess | None, ids0: list[int], log):
-    """`reps` single-stream runs on request 0's ids, engine and peer alternating."""
-    log(f"single stream: {opts.reps} reps, engine{' and ' + opts.peer if peer else ''} alternating")
+def _kv_ratios(res: dict) -> dict:
+    out: dict = {}
+    dense = res.get("dense")
+    if dense:
+        out["paged_vs_dense_decode"] = ratio(res["engine"]["single"]["decode_tps"], dense["single"]["decode_tps"])
+        for lv, dv in zip(res["engine"]["levels"], dense["levels"], strict=True):
+            out[f"paged_vs_dense_concurrent_{lv['n']}"] = ratio(lv["total_tps"], dv["total_tps"])
+    return out
+
+
+def _capped_phase(engine, ref, prompts, opts: BenchOptions, levels: list[dict], log) -> dict:
+    """The capped engine's levels (already run) against an uncapped engine's outputs on the same ids."""
+    out = []
+    for lv in levels:
+        r = measure.concurrent(ref, prompts[: lv["n"]], opts.gen)
+        same = [list(t) for t in r.token_ids] == lv["token_ids"]
+        out.append({"n": lv["n"], "identical_to_uncapped": same, "preemptions": lv["preemptions"]})
+        log(
+            f"  capped pool, {lv['n']} requests: outputs identical to uncapped: {same}, preemptions {lv['preemptions']}"
+        )
+    state = kv.kv_state(engine)
+    return {
+        "pool_tokens": opts.kv_pool_tokens,
+        "levels": out,
+        "pool_full_after": state is None or state["in_use_after"] == 0,
+    }
+
+
+def _shared_result(opts: BenchOptions, lm, shared: dict, rss: int, config) -> dict:
+    res = {
+        "schema": 1,
+        "command": "tinyllm bench --workload shared-prefix",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cores": cpu_cores(),
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "model": lm.name,
+        "quant": lm.quant,
+        "workload": "shared-prefix",
+        "max_batch": config.max_batch,
+        "kv": {"cache": config.kv_cache, "block_size": config.block_size, "pool_blocks": config.pool_blocks},
+        "shared_prefix": shared,
+        "peak_rss_bytes": rss,
+        "notes": [
+            "the first request arrives alone; the others arrive together once its first token is out",
+            "the same ids run on an engine with the prefix cache and on one without; peak RSS covers both",
+        ],
+    }
+    res["checks"] = [asdict(c) for c in kv_checks(res)]
+    return res
+
+
+def _single_stream_phase(opts: BenchOptions, engine, peer: PeerProcess | None, ids0: list[int], log, dense=None):
+    """`reps` single-stream runs on request 0's ids, engine (and the dense twin, and the peer) alternating."""
+    others = [n for n, x in (("dense", dense), (opts.peer, peer)) if x is not None]
+    log(f"single stream: {opts.reps} reps, engine{''.join(' and ' + n for n in others)} alternating")
     eng_runs: list[dict] = []
     peer_runs: list[dict] = []
+    dense_runs: list[dict] = []
     for i in range(opts.reps):
         r = measure.single_stream(engine, ids0, opts.gen)
         eng_runs.append({"prefill_tps": r.prefill_tps, "decode_tps": r.decode_tps, "ttft_s": r.ttft_s})
         msg = f"  rep {i + 1}: engine prefill {r.prefill_tps:.1f} tok/s, decode {r.decode_tps:.2f} tok/s"
+        if dense is not None:
+            d = measure.single_stream(dense, ids0, opts.gen)
+            dense_runs.append({"prefill_tps": d.prefill_tps, "decode_tps": d.decode_tps, "ttft_s": d.ttft_s,
+                               "same_tokens": d.tokens == r.tokens})  # fmt: skip
+            msg += f"; dense prefill {d.prefill_tps:.1f}, decode {d.decode_tps:.2f}"
         if peer is not None:
             pr = peer.run(ids0, opts.peer_tokens)
             peer_runs.append({**_peer_dict(pr), "agree_prefix": common_prefix(pr.tokens, r.tokens)})
             msg += f"; {opts.peer} prefill {pr.prefill_tps:.1f}, decode {pr.decode_tps:.2f}"
         log(msg)
-    return eng_runs, peer_runs
+    return eng_runs, peer_runs, dense_runs
 
 
-def _level(engine, prompts: list[list[int]], gen: int, log) -> dict:
+def _level(engine, prompts: list[list[int]], gen: int, log, label: str = "") -> dict:
     """N = len(prompts) requests submitted at once."""
     lv = measure.concurrent(engine, prompts, gen)
-    log(f"  {lv.n:3d} concurrent: {lv.total_tps:.1f} tok/s total, TTFT median {median(lv.ttft_s):.2f} s")
+    log(f"  {lv.n:3d} concurrent{' ' + label if label else ''}: {lv.total_tps:.1f} tok/s total,"
+        f" TTFT median {median(lv.ttft_s):.2f} s, preemptions {sum(lv.preemptions)}")  # fmt: skip
     return {
         "n": lv.n,
         "tokens": lv.tokens,
@@ -259,6 +404,9 @@ def _level(engine, prompts: list[list[int]], gen: int, log) -> dict:
         "ttft_p90_s": percentile(lv.ttft_s, 90),
         "request_decode_tps_median": median(lv.decode_tps),
         "ttft_s": list(lv.ttft_s),
+        "preemptions": sum(lv.preemptions),
+        "cached_prompt_tokens": sum(lv.cached_prompt_tokens),
+        "token_ids": [list(t) for t in lv.token_ids],
     }
 
 
@@ -388,7 +536,52 @@ def _f(x: float | None, fmt: str = ".1f", unit: str = "") -> str:
     return "-" if x is None else f"{x:{fmt}}{unit}"
 
 
+def _kv_lines(kvs: dict | None) -> list[str]:
+    if not kvs or not kvs.get("block_bytes"):
+        return []
+    mib = 1 << 20
+    return [
+        f"  pool: {kvs['pool_blocks']} blocks of {kvs['block_size']} tokens; {kvs['blocks_touched']} ever written"
+        f" ({kvs['peak_allocated_bytes'] / mib:,.1f} MiB), peak {kvs['peak_blocks_in_use']} in use;"
+        f" peak tokens kept {kvs['peak_cached_tokens']} ({kvs['peak_cached_bytes'] / mib:,.1f} MiB)",
+        f"  prefix cache: {kvs['prefix_hit_tokens']} of {kvs['prefix_query_tokens']} prompt tokens hit"
+        f" ({100 * kvs['hit_rate']:.0f} %), preemptions {kvs['preemptions']}",
+    ]
+
+
+def _checks_lines(res: dict) -> list[str]:
+    lines = ["", "targets:"]
+    for ch in res["checks"]:
+        mark = {True: "yes", False: "no", None: "n/a"}[ch["passed"]]
+        value = _f(ch["value"], ".2f")
+        lines.append(f"  [{mark:>3}] {ch['name']} {ch['target']}: {value}" + (f" ({ch['note']})" if ch["note"] else ""))
+    return lines
+
+
+def _shared_report(res: dict) -> str:
+    sp = res["shared_prefix"]
+    lines = [
+        f"tinyllm bench --workload shared-prefix: {res['model']} ({res['quant']}), {res['machine']['cores']} cores;"
+        f" {sp['requests']} requests under one {sp['system_tokens']}-token system prompt, questions of"
+        f" {sp['question_tokens'][0]}-{sp['question_tokens'][1]} tokens, {sp['gen']} new tokens each",
+        "the first arrives alone, the others together once its first token is out",
+        "",
+        f"{'':<22}{'cold TTFT s':>12}{'cached TTFT s':>15}{'total tok/s':>13}{'cached tokens':>15}{'preempted':>11}",
+    ]
+    for key, label in (("prefix_cache", "prefix cache on"), ("no_prefix_cache", "prefix cache off")):
+        s = sp[key]
+        lines.append(
+            f"  {label:<20}{s['cold_ttft_s']:>12.2f}{s['cached_ttft_median_s']:>15.2f}{s['total_tps']:>13.1f}"
+            f"{min(s['cached_prompt_tokens'][1:]):>15}{s['preemptions']:>11}"
+        )
+        lines += _kv_lines(s.get("kv"))
+    lines.append(f"same outputs with and without the prefix cache: {sp['same_outputs']}")
+    return "\n".join(lines + [""] + [f"peak RSS: {res['peak_rss_bytes'] / 1e6:,.0f} MB"] + _checks_lines(res))
+
+
 def format_report(res: dict) -> str:
+    if res.get("workload") == "shared-prefix":
+        return _shared_report(res)
     eng, peer = res["engine"], res["peer"]
     name = peer["name"] if peer else None
     single = eng["single"]
@@ -452,12 +645,30 @@ def format_report(res: dict) -> str:
                 f" {_f(res['ratios']['peer_contended_vs_quiet_decode'], '.2f', 'x')} quiet"
             )
         lines += ["", row]
+    kvs = eng.get("kv") or {}
+    kind = f"KV cache: {kvs.get('cache', '?')}" + ("" if kvs.get("prefix_caching", True) else ", no prefix cache")
+    lines += ["", kind, *_kv_lines(kvs)]
+    dense = res.get("dense")
+    if dense:
+        r = res["ratios"]
+        levels = []
+        for dv in dense["levels"]:
+            x = r.get(f"paged_vs_dense_concurrent_{dv['n']}")
+            levels.append(f"{dv['n']} concurrent {dv['total_tps']:.1f} tok/s ({_f(x, '.2f', 'x')})")
+        lines.append(
+            f"  dense beside it: decode {_f(dense['single']['decode_tps'], '.2f')} tok/s (paged/dense"
+            f" {_f(r.get('paged_vs_dense_decode'), '.2f', 'x')}); " + ", ".join(levels)
+        )
+    capped = res.get("capped")
+    if capped:
+        lines.append(
+            f"  capped at {capped['pool_tokens']} tokens: "
+            + ", ".join(f"{c['n']} requests {'identical' if c['identical_to_uncapped'] else 'DIFFERENT'},"
+                        f" {c['preemptions']} preemptions" for c in capped["levels"])
+            + f"; pool whole afterwards: {capped['pool_full_after']}"
+        )  # fmt: skip
     rss = f"peak RSS: engine process {eng['peak_rss_bytes'] / 1e6:,.0f} MB"
     if peer and peer.get("peak_rss_bytes"):
         rss += f"; {name} child {peer['peak_rss_bytes'] / 1e6:,.0f} MB"
-    lines += ["", rss, "", "targets:"]
-    for ch in res["checks"]:
-        mark = {True: "yes", False: "no", None: "n/a"}[ch["passed"]]
-        value = _f(ch["value"], ".2f")
-        lines.append(f"  [{mark:>3}] {ch['name']} {ch['target']}: {value}" + (f" ({ch['note']})" if ch["note"] else ""))
-    return "\n".join(lines)
+    lines += ["", rss]
+    return "\n".join(lines + _checks_lines(res))

@@ -222,3 +222,48 @@ def target_checks(f: Figures, r: dict[str, float | None] | None = None) -> list[
             None if f.contended_decode_tps is not None else "needs --contend",
         ),
     ]
+
+
+# ----- the paged KV cache's targets -----
+
+
+def kv_checks(res: dict) -> list[Check]:
+    """The paged cache's targets that this run measured (engine/bench/run.py's result object)."""
+    out: list[Check] = []
+    r = res.get("ratios", {})
+    if "dense" in res:
+        out.append(_at_least("paged decode vs dense", r.get("paged_vs_dense_decode"), 0.95, None))
+        out.append(_at_least("paged 16 concurrent vs dense", r.get("paged_vs_dense_concurrent_16"), 0.95,
+                             None if "paged_vs_dense_concurrent_16" in r else "needs 16 in --requests"))  # fmt: skip
+        same = all(d.get("same_tokens_as_paged") for d in res["dense"]["levels"])
+        out.append(Check("paged outputs equal dense, every level", "identical", float(same), same))
+    capped = res.get("capped")
+    if capped:
+        same = all(lv["identical_to_uncapped"] for lv in capped["levels"])
+        pre = sum(lv["preemptions"] for lv in capped["levels"])
+        out.append(Check("capped pool: outputs equal the uncapped run", "identical", float(same), same))
+        out.append(Check("capped pool: preemptions", "> 0", float(pre), pre > 0))
+        out.append(Check("capped pool: whole again afterwards", "yes", float(capped["pool_full_after"]),
+                         capped["pool_full_after"]))  # fmt: skip
+    kv_runs = [("", res["engine"]["kv"])] if "engine" in res and res["engine"].get("kv", {}).get("block_bytes") else []
+    shared = res.get("shared_prefix")
+    if shared:
+        on, off = shared["prefix_cache"], shared["no_prefix_cache"]
+        least = min(on["cached_prompt_tokens"][1:])
+        out.append(Check("shared prefix: cached prompt tokens of the requests after the first",
+                         f">= {shared['system_tokens']}", float(least), least >= shared["system_tokens"]))  # fmt: skip
+        out.append(_at_least("shared prefix: cached TTFT speed-up vs no prefix cache",
+                             ratio(off["cached_ttft_median_s"], on["cached_ttft_median_s"]), 5.0, None))  # fmt: skip
+        out.append(_at_least("shared prefix: total throughput vs no prefix cache",
+                             ratio(on["total_tps"], off["total_tps"]), 2.0, None))  # fmt: skip
+        out.append(Check("shared prefix: same outputs with and without the prefix cache", "identical",
+                         float(shared["same_outputs"]), shared["same_outputs"]))  # fmt: skip
+        kv_runs = [(f", prefix cache {k}", s["kv"]) for k, s in (("on", on), ("off", off)) if s.get("kv")]
+    for label, kvs in kv_runs:
+        # The pool's memory (every block ever written) against the tokens it kept at its peak, with the slack
+        # of one partly filled block per sequence.
+        bound = 1.05 * kvs["peak_cached_bytes"] + res.get("max_batch", 16) * kvs["block_bytes"]
+        value = kvs["peak_allocated_bytes"] / bound if bound else None
+        out.append(Check(f"peak KV bytes allocated / (1.05 x bytes of the tokens cached + a block per sequence){label}",
+                         "<= 1", value, value is not None and value <= 1))  # fmt: skip
+    return out

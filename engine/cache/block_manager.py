@@ -17,7 +17,8 @@ Rules it keeps:
   cached block is evicted. Blocks never written are handed out lowest id first, freed ones most
   recently freed first, so the pool's touched memory stays near its peak use.
 - Two sequences that compute the same block in one step leave one cached copy (the first to commit).
-- Counters: prefix queries and hits in tokens, preemptions; `full` says every block came back.
+- Counters: prefix queries and hits in tokens, preemptions, and the peaks of blocks in use and of tokens
+  held (a shared block counted once); `full` says every block came back.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class BlockPoolState:
     prefix_query_tokens: int
     prefix_hit_tokens: int
     preemptions: int
+    held_tokens: int = 0  # tokens the live sequences hold, a shared block's counted once
+    peak_in_use: int = 0  # the most blocks in use at once
+    peak_held_tokens: int = 0  # the most tokens held at once
+    peak_cached_tokens: int = 0  # the most tokens whose keys/values were kept at once (held + cached free)
 
     @property
     def hit_rate(self) -> float:
@@ -75,6 +80,12 @@ class BlockManager:
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.preemptions = 0
+        self._computed: dict[int, int] = {}  # handle -> tokens it holds computed
+        self._in_use = 0  # blocks with a ref count > 0
+        self._shared_tokens = 0  # tokens counted more than once in _computed (extra holders of full blocks)
+        self.peak_in_use = 0
+        self.peak_held_tokens = 0
+        self.peak_cached_tokens = 0
 
     # ----- capacity -----
     @property
@@ -138,11 +149,18 @@ class BlockManager:
         else:
             raise RuntimeError("no free block (callers check can_admit / can_grow first)")
         self._ref[blk] = 1
+        self._in_use += 1
+        self.peak_in_use = max(self.peak_in_use, self._in_use)
         return blk
 
     def _hold(self, blk: int) -> None:
+        """One more holder of a cached (full) block: a prefix hit."""
         if self._ref[blk] == 0:
             self._lru.pop(blk)  # a cached block back in use
+            self._in_use += 1
+            self.peak_in_use = max(self.peak_in_use, self._in_use)
+        else:
+            self._shared_tokens += self.block_size
         self._ref[blk] += 1
 
     def _plan(self, token_ids: Sequence[int], upto: int) -> tuple[list[int], int, int]:
@@ -177,7 +195,7 @@ class BlockManager:
             for blk in hits[:-1]:
                 self._hold(blk)
                 table.append(blk)
-            self._hold(hits[-1])  # held while the copy is planned, so no eviction takes it
+            self._pin(hits[-1])  # held until the copy is done, so no eviction takes it
             table.append(self._take())
             self._copies.append((hits[-1], table[-1]))
             new -= 1
@@ -186,7 +204,19 @@ class BlockManager:
         self._hashes[handle] = self._chains(token_ids, cached // bs)
         self.prefix_query_tokens += len(token_ids)
         self.prefix_hit_tokens += cached
+        self._computed[handle] = cached
+        self._note_held()
         return cached
+
+    @property
+    def held_tokens(self) -> int:
+        """Tokens the live sequences hold computed, a shared block's counted once."""
+        return sum(self._computed.values()) - self._shared_tokens
+
+    def _note_held(self) -> None:
+        held = self.held_tokens
+        self.peak_held_tokens = max(self.peak_held_tokens, held)
+        self.peak_cached_tokens = max(self.peak_cached_tokens, held + len(self._lru) * self.block_size)
 
     def _chains(self, token_ids: Sequence[int], n_blocks: int) -> list[int]:
         out, parent = [], 0
@@ -200,8 +230,21 @@ class BlockManager:
         forward); the sources are released."""
         copies, self._copies = self._copies, []
         for src, _ in copies:
-            self._release(src)
+            self._unpin(src)
         return copies
+
+    def _pin(self, blk: int) -> None:
+        """Hold a block as the source of a copy (no sequence's tokens are counted in it)."""
+        if self._ref[blk] == 0:
+            self._lru.pop(blk)
+            self._in_use += 1
+        self._ref[blk] += 1
+
+    def _unpin(self, blk: int) -> None:
+        self._ref[blk] -= 1
+        if self._ref[blk] == 0:
+            self._in_use -= 1
+            self._lru[blk] = None  # a copy source is a cached block
 
     def table(self, handle: int) -> list[int]:
         return self._tables[handle]
@@ -222,6 +265,8 @@ class BlockManager:
     def commit(self, handle: int, token_ids: Sequence[int], computed: int) -> None:
         """`handle`'s first `computed` tokens (`token_ids`) have their keys and values: register the hashes
         of its full blocks among them, so later prompts can hit them."""
+        self._computed[handle] = computed
+        self._note_held()
         if not self.prefix_caching:
             return
         table, hashes, bs = self._tables[handle], self._hashes[handle], self.block_size
@@ -237,7 +282,10 @@ class BlockManager:
 
     def _release(self, blk: int) -> None:
         self._ref[blk] -= 1
-        if self._ref[blk] == 0:
+        if self._ref[blk] > 0:
+            self._shared_tokens -= self.block_size
+        else:
+            self._in_use -= 1
             if self._hash[blk] is not None:
                 self._lru[blk] = None  # most recently used last
             else:
@@ -249,8 +297,10 @@ class BlockManager:
         if table is None:
             raise ValueError(f"sequence {handle} holds no blocks")
         del self._hashes[handle]
+        del self._computed[handle]
         for blk in reversed(table):  # the prefix's blocks end up the most recently used: evicted last
             self._release(blk)
+        self._note_held()
 
     def preempt(self, handle: int) -> None:
         """Free `handle`'s blocks to make room for older sequences (it will be recomputed)."""
@@ -274,4 +324,8 @@ class BlockManager:
             prefix_query_tokens=self.prefix_query_tokens,
             prefix_hit_tokens=self.prefix_hit_tokens,
             preemptions=self.preemptions,
+            held_tokens=self.held_tokens,
+            peak_in_use=self.peak_in_use,
+            peak_held_tokens=self.peak_held_tokens,
+            peak_cached_tokens=self.peak_cached_tokens,
         )

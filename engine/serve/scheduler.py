@@ -93,7 +93,11 @@ class Scheduler:
                 continue
             n = min(self.config.prefill_chunk, s.prefill_left, budget)
             while self.pool.room(s.id) < s.num_cached + n and self.running[-1] is not s:
-                preempted.append(self._preempt(self.running[-1]))
+                victim = self._preempt(self.running[-1])
+                preempted.append(victim)
+                if victim in decode:  # it had its decode row already: the row goes with it
+                    decode.remove(victim)
+                    budget += 1
             n = min(n, self.pool.room(s.id) - s.num_cached)  # what fits (the newest may get less)
             if n > 0:
                 self.pool.grow(s.id, s.num_cached + n)

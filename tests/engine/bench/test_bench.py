@@ -333,3 +333,63 @@ def test_the_cli_prints_no_traceback():
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+
+
+# ----- the KV cache's options -----
+
+
+def test_paged_and_dense_side_by_side_report_ratios_and_equal_outputs(tiny_model_dir, capsys):
+    rc, out, err = bench(capsys, "--model", str(tiny_model_dir), *TINY, "--requests", "1,3", "--kv-cache", "both",
+                         "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["engine"]["kv"]["cache"] == "paged" and res["engine"]["kv"]["block_bytes"] > 0
+    assert [lv["n"] for lv in res["dense"]["levels"]] == [1, 3]
+    assert all(lv["same_tokens_as_paged"] for lv in res["dense"]["levels"])
+    assert res["ratios"]["paged_vs_dense_decode"] > 0 and "paged_vs_dense_concurrent_3" in res["ratios"]
+    names = {c["name"]: c for c in res["checks"]}
+    assert names["paged outputs equal dense, every level"]["passed"] is True
+    assert "token_ids" not in res["engine"]["levels"][0], "outputs are compared, not kept in the JSON"
+
+
+def test_a_capped_pool_preempts_and_matches_the_uncapped_outputs(tiny_model_dir, capsys):
+    # 4 requests of 14 + 4 tokens (2 blocks of 16 each, taken as the tokens arrive) in a pool of 3 blocks:
+    # three start, and the oldest's second block must come from the newest.
+    rc, out, err = bench(capsys, "--model", str(tiny_model_dir), *TINY, "--prompt-len", "14", "--requests", "4",
+                         "--kv-pool-tokens", "48", "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    capped = res["capped"]
+    assert capped["pool_tokens"] == 48 and capped["pool_full_after"] is True
+    assert capped["levels"][0]["identical_to_uncapped"] is True and capped["levels"][0]["preemptions"] > 0
+    passed = {c["name"]: c["passed"] for c in res["checks"]}
+    assert passed["capped pool: outputs equal the uncapped run"] and passed["capped pool: preemptions"]
+
+
+def test_the_shared_prefix_workload_hits_the_system_prompt(tiny_model_dir, capsys):
+    rc, out, err = bench(capsys, "--model", str(tiny_model_dir), "--workload", "shared-prefix", "--system-tokens",
+                         "48", "--gen", "4", "--requests", "4", "--json")  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out)
+    sp = res["shared_prefix"]
+    assert sp["requests"] == 4 and sp["system_tokens"] == 48 and sp["same_outputs"] is True
+    on, off = sp["prefix_cache"], sp["no_prefix_cache"]
+    assert on["cached_prompt_tokens"][0] == 0 and min(on["cached_prompt_tokens"][1:]) >= 48 - 16
+    assert off["cached_prompt_tokens"] == [0, 0, 0, 0]
+    assert on["kv"]["prefix_hit_tokens"] >= 3 * 32 and off["kv"]["prefix_hit_tokens"] == 0
+    names = [c["name"] for c in res["checks"]]
+    assert "shared prefix: cached TTFT speed-up vs no prefix cache" in names
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "shared-prefix", "--kv-cache", "dense"], "prefix cache"),
+        (["--kv-cache", "both", "--kv-pool-tokens", "64"], "cap one cache at a time"),
+        (["--block-size", "0"], "--block-size"),
+    ],
+)
+def test_bad_kv_arguments_exit_2_with_one_line(args, message, capsys):
+    rc = main(["bench", "--model", "qwen2.5-coder-0.5b", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
