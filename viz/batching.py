@@ -34,6 +34,15 @@ def format_bytes(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < MIB else f"{n / MIB:.1f} MiB"
 
 
+def _held(r: Any) -> str:
+    """What a request holds, for its bar: its blocks (paged), or its slot (dense)."""
+    blocks = getattr(r, "blocks", ())
+    if blocks:
+        cached = getattr(r, "cached_prompt_tokens", 0)
+        return f" · {len(blocks)} blocks" + (f" · {cached} prompt tokens cached" if cached else "")
+    return f" · slot {r.slot}" if r.slot is not None else " · no cache yet"
+
+
 def cache_occupancy(
     requests: Sequence[Any],
     total_tokens: int,
@@ -54,24 +63,25 @@ def cache_occupancy(
             y=ys,
             orientation="h",
             marker={"color": [STATUS_COLOURS.get(r.status, GREEN) for r in requests]},
-            text=[
-                f"{r.cache_tokens:,} tok · {format_bytes(r.cache_bytes)}"
-                + (f" · slot {r.slot}" if r.slot is not None else " · no slot")
-                for r in requests
-            ],
+            text=[f"{r.cache_tokens:,} tok · {format_bytes(r.cache_bytes)}{_held(r)}" for r in requests],
             textposition="auto",
             customdata=[[r.status, r.cache_bytes, format_bytes(getattr(r, "allocated_bytes", 0))] for r in requests],
             hovertemplate="%{y}: %{x:,} tokens · %{customdata[1]:,} bytes of K/V · %{customdata[0]}"
-            "<br>slot buffers: %{customdata[2]}<extra></extra>",
+            "<br>storage held: %{customdata[2]}<extra></extra>",
         )
     )
     used = sum(r.cache_tokens for r in requests)
     total_bytes = sum(r.cache_bytes for r in requests)
     allocated = sum(getattr(r, "allocated_bytes", 0) for r in requests)
+    paged = any(getattr(r, "blocks", ()) for r in requests)
+    held = (
+        f"{total_tokens - free_tokens:,} of {total_tokens:,} tokens in blocks (taken as tokens arrive)"
+        if paged
+        else f"{total_tokens - free_tokens:,} of {total_tokens:,} tokens reserved (prompt + max tokens)"
+    )
     title = (
-        f"KV cache: {used:,} tokens written ({format_bytes(total_bytes)} of K/V)"
-        f"<br><sup>{total_tokens - free_tokens:,} of {total_tokens:,} tokens reserved (prompt + max tokens)"
-        + (f" · buffers {format_bytes(allocated)}" if allocated else "")
+        f"KV cache: {used:,} tokens written ({format_bytes(total_bytes)} of K/V)<br><sup>{held}"
+        + (f" · {'blocks' if paged else 'buffers'} {format_bytes(allocated)}" if allocated else "")
         + "</sup>"
     )
     style(fig, title, height=max(300, 110 + 38 * len(requests)), showlegend=False,

@@ -63,9 +63,10 @@ def test_class_demo_requests_show_up_in_snapshot_views_and_cancel(engine):
     while time.monotonic() < deadline and not {t.id for t in engine.snapshot().timings} >= set(ids):
         time.sleep(0.05)
     snap = engine.snapshot()
-    summary, cache_fig, table, timeline = batching.views(snap, labels)
+    summary, cache_fig, table, timeline, pool_kpis, grid, tables = batching.views(snap, labels)
     assert {t.id for t in snap.timings} >= set(ids)
     assert all(f"#{i} demo" in table for i in ids)
+    assert "blocks in use" in pool_kpis and "KV block pool" in grid.layout.title.text
     assert demo.cancel() <= 4
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and demo.live:
@@ -84,12 +85,13 @@ def test_page_has_all_tabs_and_every_event_an_api_name(engine):
         "chat_step_resample",
         "batching_poll",
         "demo_start",
+        "demo_shared",
         "demo_cancel",
     } <= names
     assert all(f.api_name for f in demo.fns.values())
     poll = next(f.fn for f in demo.fns.values() if f.api_name == "batching_poll")
     out = poll(None)
-    assert len(out) == 5 and out[-1] is not None
+    assert len(out) == 8 and out[-1] is not None  # 7 views and the key
     assert poll(out[-1])[0].__class__.__name__ != "str", "an unchanged snapshot is skipped"
 
 
@@ -122,7 +124,7 @@ def test_shared_views_are_built_once_for_many_sessions_and_rebuilt_only_when_the
     with ThreadPoolExecutor(8) as pool:  # 8 sessions polling at once
         results = list(pool.map(lambda _: shared.get(), range(32)))
     assert shared.builds == 1 and len({id(views) for _, views in results}) == 1
-    key, (summary, cache_plot, table, timeline) = results[0]
+    key, (summary, cache_plot, table, timeline, pool_kpis, grid, tables) = results[0]
     assert cache_plot[0] == "serialized" and timeline[0] == "serialized" and "kpis" in summary
     fake.snap = dataclasses.replace(fake.snap, served=fake.snap.served + 1)
     clock[0] += 0.1
@@ -135,3 +137,26 @@ def test_shared_views_are_built_once_for_many_sessions_and_rebuilt_only_when_the
     fake.snap = dataclasses.replace(fake.snap, served=fake.snap.served + 1)
     shared.get(fresh=True)
     assert shared.builds == 3, "fresh (a tab opening) ignores the age"
+
+
+def test_the_shared_prefix_demo_sends_the_first_alone_then_the_others_which_hit_its_prompt(
+    engine, monkeypatch, tmp_path
+):
+    """The class notes are the system prompt of every request: the first computes them, the others (sent
+    when its first token is out) find them in the prefix cache. (Shorter notes and questions here: the tiny
+    model's context is 128 byte-level tokens.)"""
+    notes = tmp_path / "notes.md"
+    notes.write_text("Notes: a KV cache keeps keys and values.")
+    monkeypatch.setattr(batching, "CLASS_NOTES", notes)
+    monkeypatch.setattr(batching, "DEMO_PROMPTS", ("Why?", "How?", "Who?"))
+    labels = batching.RequestLabels()
+    demo = batching.DemoRequests(engine, labels)
+    first = demo.start(3, 4, shared_prefix=True)
+    assert len(first) == 1 and labels[first[0]] == "class"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (demo.live or len([i for i in labels if labels[i] == "class"]) < 3):
+        time.sleep(0.05)
+    ids = sorted(i for i in labels if labels[i] == "class")
+    assert len(ids) == 3 and demo.live == 0
+    snap = engine.snapshot()
+    assert snap.blocks is not None and snap.blocks.prefix_hit_tokens > 0, "the others did not hit the system prompt"
