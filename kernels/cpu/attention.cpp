@@ -19,6 +19,7 @@
 //    avx2 = the portable loops compiled with target("avx2,fma"); generic = the same loops plain.
 //  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
 #include "attention.h"
+#include "attention_impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -44,6 +45,19 @@ namespace tiny_llm {
 
 static constexpr int64_t kKeyTile = 64;  // keys per tile (4 AVX-512 vectors of scores per row)
 static constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Where the tile kernels find key (or value) j of a tile: one every `stride` floats from `base` (a dense
+// cache), or the j-th of an array of pointers (a paged cache: a tile of kKeyTile keys spans blocks that
+// lie anywhere in the pool). Both inline into the kernels, so the dense path is what it was.
+struct StridedRows {
+  const float* base;
+  int64_t stride;
+  __attribute__((always_inline)) const float* operator()(int64_t j) const { return base + j * stride; }
+};
+struct RowPointers {
+  const float* const* p;
+  __attribute__((always_inline)) const float* operator()(int64_t j) const { return p[j]; }
+};
 
 // ------------------------------------------------------------------------------------------------
 // Tile kernels per ISA
@@ -116,10 +130,10 @@ struct Kn {
   static constexpr const char* name = "avx512";
 
   // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each).
-  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                                 int64_t kn, float* S) {
+  template <class Rows>
+  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
     for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = kb + j * kstride;
+      const float* kj = keys(j);
       for (int64_t r = 0; r < R; ++r) {
         const float* qr = Qs + r * D;
         __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
@@ -133,10 +147,11 @@ struct Kn {
 
   // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 64 keys of
   // scores live in 16 registers while d runs (a small GEMM micro-kernel, no horizontal sums).
-  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                                  int64_t kn, float* S, float* Kt) {
+  template <class Rows>
+  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
+                                  float* Kt) {
     for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = kb + j * kstride;
+      const float* kj = keys(j);
       for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = kj[d];
     }
     for (int64_t j = kn; j < kKeyTile; ++j)
@@ -173,12 +188,12 @@ struct Kn {
     }
   }
 
-  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                             int64_t kn, float* S, float* Kt) {
+  template <class Rows>
+  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
     if (R < 16) {
-      scores_dot(Qs, R, D, kb, kstride, kn, S);
+      scores_dot(Qs, R, D, keys, kn, S);
     } else {
-      scores_gemm(Qs, R, D, kb, kstride, kn, S, Kt);
+      scores_gemm(Qs, R, D, keys, kn, S, Kt);
     }
   }
 
@@ -209,9 +224,8 @@ struct Kn {
   }
 
   // O[r] += sum_j P[r, j] v_j, two rows at a time sharing the v loads, D in chunks of 64.
-  template <int CN>
-  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride,
-                               int64_t D, float* O, int64_t c0) {
+  template <int CN, class Rows>
+  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O, int64_t c0) {
     int64_t r = 0;
     for (; r + 2 <= R; r += 2) {
       float* o0 = O + r * D + c0;
@@ -224,7 +238,7 @@ struct Kn {
         a1[c] = _mm512_loadu_ps(o1 + 16 * c);
       }
       for (int64_t j = 0; j < kn; ++j) {
-        const float* vj = vb + j * vstride + c0;
+        const float* vj = vals(j) + c0;
         const __m512 w0 = _mm512_set1_ps(p0[j]), w1 = _mm512_set1_ps(p1[j]);
         for (int c = 0; c < CN; ++c) {
           const __m512 vv = _mm512_loadu_ps(vj + 16 * c);
@@ -243,7 +257,7 @@ struct Kn {
       __m512 a0[CN];
       for (int c = 0; c < CN; ++c) a0[c] = _mm512_loadu_ps(o0 + 16 * c);
       for (int64_t j = 0; j < kn; ++j) {
-        const float* vj = vb + j * vstride + c0;
+        const float* vj = vals(j) + c0;
         const __m512 w0 = _mm512_set1_ps(p0[j]);
         for (int c = 0; c < CN; ++c) a0[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(vj + 16 * c), a0[c]);
       }
@@ -251,14 +265,14 @@ struct Kn {
     }
   }
 
-  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride, int64_t D,
-                         float* O) {
+  template <class Rows>
+  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O) {
     for (int64_t c0 = 0; c0 < D; c0 += 64) {
       switch ((std::min<int64_t>(64, D - c0)) / 16) {
-        case 4: pv_chunk<4>(P, R, kn, vb, vstride, D, O, c0); break;
-        case 3: pv_chunk<3>(P, R, kn, vb, vstride, D, O, c0); break;
-        case 2: pv_chunk<2>(P, R, kn, vb, vstride, D, O, c0); break;
-        default: pv_chunk<1>(P, R, kn, vb, vstride, D, O, c0); break;
+        case 4: pv_chunk<4>(P, R, kn, vals, D, O, c0); break;
+        case 3: pv_chunk<3>(P, R, kn, vals, D, O, c0); break;
+        case 2: pv_chunk<2>(P, R, kn, vals, D, O, c0); break;
+        default: pv_chunk<1>(P, R, kn, vals, D, O, c0); break;
       }
     }
   }
@@ -313,28 +327,9 @@ struct Kn {
 // ------------------------------------------------------------------------------------------------
 // Flash attention driver
 
-struct AttnArgs {
-  const float* q;
-  const float* k;
-  const float* v;
-  float* out;  // (B, L, H, D) contiguous
-  int64_t B, H, Hkv, L, S, D;
-  int64_t qs[3], ks[3], vs[3];  // element strides of axes (batch, head, position); the last axis is 1
-  const int32_t* kv_len;        // (B,) or null (= S)
-  // Additive mask, (B, H, L, S) read through its element strides ms (0 on broadcast axes), or null.
-  const float* mask = nullptr;
-  int64_t ms[4] = {0, 0, 0, 0};
-  float scale;
-  bool causal;
-  int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
-  // Per-row K/V buffers instead of k/v (decode_attention_rows): row b's keys of kv head hk start at
-  // krows[b] + hk * row_hs[b], one position every ks[2] floats.
-  const float* const* krows = nullptr;
-  const float* const* vrows = nullptr;
-  const int64_t* row_hs = nullptr;
-};
-
-template <class K>
+// One task of flash attention: rows (b, kv head hk) x one block of queries. kPaged: the keys come
+// through the block tables (AttnArgs::tables), else from k / v or the per-row buffers.
+template <class K, bool kPaged>
 static void attn_task(const AttnArgs& a, int64_t task) {
   const int64_t G = a.H / a.Hkv, D = a.D, L = a.L;
   const int64_t qb = a.n_qb - 1 - task / (a.B * a.Hkv);  // heaviest (last) query blocks first
@@ -372,11 +367,35 @@ static void attn_task(const AttnArgs& a, int64_t task) {
   }
   std::fill(O, O + R * D, 0.0f);
 
-  const float* kb = a.krows ? a.krows[b] + hk * a.row_hs[b] : a.k + b * a.ks[0] + hk * a.ks[1];
-  const float* vb = a.vrows ? a.vrows[b] + hk * a.row_hs[b] : a.v + b * a.vs[0] + hk * a.vs[1];
+  const float* kb = nullptr;
+  const float* vb = nullptr;
+  const int32_t* table = nullptr;
+  const float* kp[kKeyTile];  // paged: the tile's keys and values, wherever their blocks are
+  const float* vp[kKeyTile];
+  if constexpr (kPaged) {
+    table = a.tables + b * a.T;
+  } else {
+    kb = a.krows ? a.krows[b] + hk * a.row_hs[b] : a.k + b * a.ks[0] + hk * a.ks[1];
+    vb = a.vrows ? a.vrows[b] + hk * a.row_hs[b] : a.v + b * a.vs[0] + hk * a.vs[1];
+  }
   for (int64_t t0 = 0; t0 < kmax; t0 += kKeyTile) {
     const int64_t kn = std::min(kKeyTile, kmax - t0);
-    K::scores(Qs, R, D, kb + t0 * a.ks[2], a.ks[2], kn, Sb, Kt);
+    if constexpr (kPaged) {  // position p: block table[p / bs], slot p % bs; one slot holds Hkv heads
+      const int64_t slot_floats = a.Hkv * D;
+      int64_t bi = t0 / a.bs, slot = t0 % a.bs;
+      for (int64_t j = 0; j < kn; ++j) {
+        const int64_t off = (int64_t(table[bi]) * a.bs + slot) * slot_floats + hk * D;
+        kp[j] = a.kpool + off;
+        vp[j] = a.vpool + off;
+        if (++slot == a.bs) {
+          slot = 0;
+          ++bi;
+        }
+      }
+      K::scores(Qs, R, D, RowPointers{kp}, kn, Sb, Kt);
+    } else {
+      K::scores(Qs, R, D, StridedRows{kb + t0 * a.ks[2], a.ks[2]}, kn, Sb, Kt);
+    }
     for (int64_t r = 0; r < R; ++r) {
       float* s = Sb + r * kKeyTile;
       const int64_t vis = std::min(kn, kend[r] - t0);
@@ -406,7 +425,11 @@ static void attn_task(const AttnArgs& a, int64_t task) {
         for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
       }
     }
-    K::pv(Sb, R, kn, vb + t0 * a.vs[2], a.vs[2], D, O);
+    if constexpr (kPaged) {
+      K::pv(Sb, R, kn, RowPointers{vp}, D, O);
+    } else {
+      K::pv(Sb, R, kn, StridedRows{vb + t0 * a.vs[2], a.vs[2]}, D, O);
+    }
   }
 
   for (int64_t g = 0; g < G; ++g) {
@@ -427,13 +450,14 @@ using SwigluFn = void (*)(const float*, const float*, float*, int64_t);
 struct FusedTable {
   const char* name;
   AttnTaskFn attn;
+  AttnTaskFn paged_attn;
   RmsRowFn rms;
   SwigluFn swiglu;
 };
 
 template <class K>
 static FusedTable make_table() {
-  return {K::name, &attn_task<K>, &K::rms_norm_row, &K::swiglu};
+  return {K::name, &attn_task<K, false>, &attn_task<K, true>, &K::rms_norm_row, &K::swiglu};
 }
 
 // The tile kernels of the ISA linear/quant use (set_isa switches all of them); AVX-512 needs
@@ -455,7 +479,7 @@ static FusedTable fused_table(bool attn_d_ok) {
   return make_table<isa_generic::Kn>();
 }
 
-static void flash_attention_f32(AttnArgs a) {
+void flash_attention_f32(AttnArgs a) {
   if (a.B == 0 || a.H == 0 || a.L == 0 || a.D == 0) return;
   const int64_t G = a.H / a.Hkv;
   // ~64 rows per task: enough to amortize a key tile, small enough for L1 and for many tasks.
@@ -465,13 +489,14 @@ static void flash_attention_f32(AttnArgs a) {
   const int64_t n_tasks = a.B * a.Hkv * a.n_qb;
   const double work = double(a.B) * a.H * a.L * double(a.S) * a.D;
   const int max_threads = work < 1.0e5 ? 1 : 0;
-  ThreadPool::global().parallel_for(n_tasks, [&](int64_t task) { t.attn(a, task); }, max_threads);
+  const AttnTaskFn fn = a.tables ? t.paged_attn : t.attn;
+  ThreadPool::global().parallel_for(n_tasks, [&](int64_t task) { fn(a, task); }, max_threads);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Ops
 
-static std::string shape_str(const mx::array& a) {
+std::string shape_str(const mx::array& a) {
   std::string out = "(";
   for (size_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
   return out + (a.ndim() == 1 ? ",)" : ")");
@@ -552,9 +577,7 @@ static const float* strided_view(const mx::array& a, int64_t st[3], std::vector<
   return scratch.data();
 }
 
-// Allocate `out` and register the arrays with the stream's encoder (every eval_cpu below starts so).
-static mx::cpu::CommandEncoder& begin_eval(const mx::Stream& stream, const std::vector<mx::array>& inputs,
-                                           mx::array& out) {
+mx::cpu::CommandEncoder& begin_eval(const mx::Stream& stream, const std::vector<mx::array>& inputs, mx::array& out) {
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& enc = mx::cpu::get_command_encoder(stream);
   for (const auto& a : inputs) enc.set_input_array(a);
