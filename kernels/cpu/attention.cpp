@@ -16,7 +16,8 @@
 // Rules it keeps (see also linear.cpp):
 //  * Portable build: AVX-512 code lives only in functions with __attribute__((target(...))) and runs
 //    only when the ISA in use (`active_kernels()`, the same switch as linear/quant) is avx512.
-//    avx2 = the portable loops compiled with target("avx2,fma"); generic = the same loops plain.
+//    avx2 = hand-written AVX2 + FMA tile kernels (the AVX-512 ones at half width; rms_norm and swiglu are
+//    the portable loops compiled with target("avx2,fma")); generic = the portable loops plain.
 //  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
 #include "attention.h"
 #include "attention_impl.h"
@@ -76,6 +77,202 @@ namespace isa_avx2 {
 #define TL_NAME "avx2"
 #include "attention_generic.inc"
 #undef TL_NAME
+
+TL_ATTR static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+TL_ATTR static inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 88, the AVX-512 vexp's Cephes polynomial; AVX2 has no scalef, so 2^n is built in the
+// exponent bits, which needs n >= -126: x < -87.336 (where e^x leaves the normal floats) gives exactly
+// 0, as does -inf (a masked score). Relative error ~2 ulp on [-87, 88]; the attention feeds x <= 0.
+TL_ATTR static inline __m256 vexp(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+// The attention tile kernels by hand, the AVX-512 ones at half the width (8 floats a vector, 16
+// registers); D must be a multiple of 8 (the driver sends other D to the compiled loops of Kn above).
+// rms_norm_row and swiglu stay Kn's.
+struct KnSimd : Kn {
+  // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each; two
+  // accumulators, as D / 8 FMAs in one chain would wait on each other).
+  template <class Rows>
+  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = keys(j);
+      for (int64_t r = 0; r < R; ++r) {
+        const float* qr = Qs + r * D;
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+        __m256 a1 = _mm256_setzero_ps();
+        int64_t d = 8;
+        for (; d + 16 <= D; d += 16) {
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d + 8), _mm256_loadu_ps(kj + d + 8), a0);
+        }
+        if (d < D) a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
+        S[r * kKeyTile + j] = hsum(_mm256_add_ps(a0, a1));
+      }
+    }
+  }
+
+  // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 16 keys of scores
+  // live in 8 registers while d runs (the AVX-512 micro-kernel's 4 x 64 would need 32 of them).
+  template <class Rows>
+  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
+                                  float* Kt) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = keys(j);
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = kj[d];
+    }
+    for (int64_t j = kn; j < kKeyTile; ++j)
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = 0.0f;
+    const int64_t cols = (kn + 15) / 16 * 16;  // past kn the zero columns; S has kKeyTile columns
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const float* q0 = Qs + r * D;
+      for (int64_t c = 0; c < cols; c += 16) {
+        __m256 acc[4][2];
+        for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; ++d) {
+          const float* kt = Kt + d * kKeyTile + c;
+          const __m256 k0 = _mm256_loadu_ps(kt), k1 = _mm256_loadu_ps(kt + 8);
+          for (int i = 0; i < 4; ++i) {
+            const __m256 qv = _mm256_broadcast_ss(q0 + i * D + d);
+            acc[i][0] = _mm256_fmadd_ps(qv, k0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(qv, k1, acc[i][1]);
+          }
+        }
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(S + (r + i) * kKeyTile + c, acc[i][0]);
+          _mm256_storeu_ps(S + (r + i) * kKeyTile + c + 8, acc[i][1]);
+        }
+      }
+    }
+    for (; r < R; ++r) {
+      const float* qr = Qs + r * D;
+      for (int64_t c = 0; c < cols; c += 16) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; ++d) {
+          const __m256 qv = _mm256_broadcast_ss(qr + d);
+          a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(Kt + d * kKeyTile + c), a0);
+          a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(Kt + d * kKeyTile + c + 8), a1);
+        }
+        _mm256_storeu_ps(S + r * kKeyTile + c, a0);
+        _mm256_storeu_ps(S + r * kKeyTile + c + 8, a1);
+      }
+    }
+  }
+
+  template <class Rows>
+  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
+    if (R < 16) {
+      scores_dot(Qs, R, D, keys, kn, S);
+    } else {
+      scores_gemm(Qs, R, D, keys, kn, S, Kt);
+    }
+  }
+
+  TL_ATTR static float row_max(const float* s, int64_t n) {
+    __m256 m = _mm256_set1_ps(kNegInf);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    float out = hmax(m);
+    for (; j < n; ++j) out = s[j] > out ? s[j] : out;
+    return out;
+  }
+
+  // s[j] = exp(s[j] - m) for j < vis, 0 for vis <= j < kn (whole vectors: S has kKeyTile columns).
+  TL_ATTR static float exp_row(float* s, int64_t vis, int64_t kn, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kn; j += 8) {
+      const __m256 on = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(vis - j)), lane));
+      const __m256 e = _mm256_and_ps(on, vexp(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv)));
+      _mm256_storeu_ps(s + j, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    return hsum(sum);
+  }
+
+  // O[r] += sum_j P[r, j] v_j, two rows at a time sharing the v loads, D in chunks of 32.
+  template <int CN, class Rows>
+  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O, int64_t c0) {
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      float* o0 = O + r * D + c0;
+      float* o1 = o0 + D;
+      const float* p0 = P + r * kKeyTile;
+      const float* p1 = p0 + kKeyTile;
+      __m256 a0[CN], a1[CN];
+      for (int c = 0; c < CN; ++c) {
+        a0[c] = _mm256_loadu_ps(o0 + 8 * c);
+        a1[c] = _mm256_loadu_ps(o1 + 8 * c);
+      }
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vals(j) + c0;
+        const __m256 w0 = _mm256_set1_ps(p0[j]), w1 = _mm256_set1_ps(p1[j]);
+        for (int c = 0; c < CN; ++c) {
+          const __m256 vv = _mm256_loadu_ps(vj + 8 * c);
+          a0[c] = _mm256_fmadd_ps(w0, vv, a0[c]);
+          a1[c] = _mm256_fmadd_ps(w1, vv, a1[c]);
+        }
+      }
+      for (int c = 0; c < CN; ++c) {
+        _mm256_storeu_ps(o0 + 8 * c, a0[c]);
+        _mm256_storeu_ps(o1 + 8 * c, a1[c]);
+      }
+    }
+    for (; r < R; ++r) {
+      float* o0 = O + r * D + c0;
+      const float* p0 = P + r * kKeyTile;
+      __m256 a0[CN];
+      for (int c = 0; c < CN; ++c) a0[c] = _mm256_loadu_ps(o0 + 8 * c);
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vals(j) + c0;
+        const __m256 w0 = _mm256_set1_ps(p0[j]);
+        for (int c = 0; c < CN; ++c) a0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(vj + 8 * c), a0[c]);
+      }
+      for (int c = 0; c < CN; ++c) _mm256_storeu_ps(o0 + 8 * c, a0[c]);
+    }
+  }
+
+  template <class Rows>
+  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O) {
+    for (int64_t c0 = 0; c0 < D; c0 += 32) {
+      switch ((std::min<int64_t>(32, D - c0)) / 8) {
+        case 4: pv_chunk<4>(P, R, kn, vals, D, O, c0); break;
+        case 3: pv_chunk<3>(P, R, kn, vals, D, O, c0); break;
+        case 2: pv_chunk<2>(P, R, kn, vals, D, O, c0); break;
+        default: pv_chunk<1>(P, R, kn, vals, D, O, c0); break;
+      }
+    }
+  }
+};
 #undef TL_ATTR
 }  // namespace isa_avx2
 
@@ -460,21 +657,24 @@ static FusedTable make_table() {
   return {K::name, &attn_task<K, false>, &attn_task<K, true>, &K::rms_norm_row, &K::swiglu};
 }
 
-// The tile kernels of the ISA linear/quant use (set_isa switches all of them); AVX-512 needs
-// D % 16 == 0 for attention (other D run the avx2 loops).
-static FusedTable fused_table(bool attn_d_ok) {
+// The tile kernels of the ISA linear/quant use (set_isa switches all of them) for attention with head
+// dimension D (0 for the elementwise ops): the AVX-512 ones need D % 16 == 0, the hand-written AVX2 ones
+// D % 8 == 0; other D run the loops of attention_generic.inc compiled for AVX2.
+static FusedTable fused_table(int64_t D) {
 #if TL_X86
   const char* isa = active_kernels().name;
-  if (std::strcmp(isa, "avx512") == 0) {
-    if (attn_d_ok) return make_table<isa_avx512::Kn>();
-    FusedTable t = make_table<isa_avx2::Kn>();
-    t.rms = &isa_avx512::Kn::rms_norm_row;
-    t.swiglu = &isa_avx512::Kn::swiglu;
+  const bool avx512 = std::strcmp(isa, "avx512") == 0;
+  if (avx512 && D % 16 == 0) return make_table<isa_avx512::Kn>();
+  if (avx512 || std::strcmp(isa, "avx2") == 0) {
+    FusedTable t = D % 8 == 0 ? make_table<isa_avx2::KnSimd>() : make_table<isa_avx2::Kn>();
+    if (avx512) {
+      t.rms = &isa_avx512::Kn::rms_norm_row;
+      t.swiglu = &isa_avx512::Kn::swiglu;
+    }
     return t;
   }
-  if (std::strcmp(isa, "avx2") == 0) return make_table<isa_avx2::Kn>();
 #else
-  (void)attn_d_ok;
+  (void)D;
 #endif
   return make_table<isa_generic::Kn>();
 }
@@ -485,7 +685,7 @@ void flash_attention_f32(AttnArgs a) {
   // ~64 rows per task: enough to amortize a key tile, small enough for L1 and for many tasks.
   a.QB = std::clamp<int64_t>(64 / G, 1, a.L);
   a.n_qb = (a.L + a.QB - 1) / a.QB;
-  const FusedTable t = fused_table(a.D % 16 == 0);
+  const FusedTable t = fused_table(a.D);
   const int64_t n_tasks = a.B * a.Hkv * a.n_qb;
   const double work = double(a.B) * a.H * a.L * double(a.S) * a.D;
   const int max_threads = work < 1.0e5 ? 1 : 0;
@@ -785,7 +985,7 @@ void RMSNorm::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arr
   const int64_t M = inputs[0].shape(0), D = inputs[0].shape(1);
   const float eps = eps_;
   enc.dispatch([=]() {
-    const RmsRowFn row = fused_table(true).rms;
+    const RmsRowFn row = fused_table(0).rms;
     const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));  // ~64 KB per task
     const int64_t n_tasks = (M + rows - 1) / rows;
     ThreadPool::global().parallel_for(
@@ -833,7 +1033,7 @@ void SwiGLU::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arra
   float* yp = out.data<float>();
   const int64_t n = inputs[0].size();
   enc.dispatch([=]() {
-    const SwigluFn fn = fused_table(true).swiglu;
+    const SwigluFn fn = fused_table(0).swiglu;
     constexpr int64_t chunk = 16384;  // 64 KB of output per task
     const int64_t n_tasks = (n + chunk - 1) / chunk;
     ThreadPool::global().parallel_for(
