@@ -57,7 +57,8 @@ struct StridedRows {
 };
 struct RowPointers {
   const float* const* p;
-  __attribute__((always_inline)) const float* operator()(int64_t j) const { return p[j]; }
+  int64_t off;  // floats past each pointer (the kv head within a paged slot)
+  __attribute__((always_inline)) const float* operator()(int64_t j) const { return p[j] + off; }
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -524,118 +525,156 @@ struct Kn {
 // ------------------------------------------------------------------------------------------------
 // Flash attention driver
 
-// One task of flash attention: rows (b, kv head hk) x one block of queries. kPaged: the keys come
-// through the block tables (AttnArgs::tables), else from k / v or the per-row buffers.
+// One task of flash attention: rows (b, kv heads hk0 .. hk0 + HG - 1) x one block of queries. kPaged:
+// the keys come through the block tables (AttnArgs::tables), else from k / v or the per-row buffers.
+// A paged slot holds every kv head's keys side by side, so a paged task may take all of a row's heads
+// (HG = Hkv) and read each slot whole; one head per task would leave the neighbouring lines the hardware
+// prefetches to another task, and the row's keys would cross the memory bus once per head.
 template <class K, bool kPaged>
 static void attn_task(const AttnArgs& a, int64_t task) {
-  const int64_t G = a.H / a.Hkv, D = a.D, L = a.L;
-  const int64_t qb = a.n_qb - 1 - task / (a.B * a.Hkv);  // heaviest (last) query blocks first
-  const int64_t bh = task % (a.B * a.Hkv);
-  const int64_t b = bh / a.Hkv, hk = bh % a.Hkv;
+  const int64_t G = a.H / a.Hkv, D = a.D, L = a.L, HG = a.HG, n_hg = a.Hkv / HG;
+  const int64_t qb = a.n_qb - 1 - task / (a.B * n_hg);  // heaviest (last) query blocks first
+  const int64_t bg = task % (a.B * n_hg);
+  const int64_t b = bg / n_hg, hk0 = (bg % n_hg) * HG;
   const int64_t i0 = qb * a.QB, i1 = std::min(L, i0 + a.QB), nq = i1 - i0, R = G * nq;
   const int64_t kvl = a.kv_len ? std::clamp<int64_t>(a.kv_len[b], 0, a.S) : a.S;
 
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(2 * R * D + R * kKeyTile + 2 * R + D * kKeyTile);
+  const size_t need = static_cast<size_t>(HG * (2 * R * D + 2 * R) + R * kKeyTile + D * kKeyTile);
   if (buf.size() < need) buf.resize(need);
-  float* Qs = buf.data();        // (R, D) scaled queries
-  float* O = Qs + R * D;         // (R, D) running numerators
-  float* Sb = O + R * D;         // (R, kKeyTile) scores, then probabilities
-  float* m = Sb + R * kKeyTile;  // (R,) running max
-  float* l = m + R;              // (R,) running sum
-  float* Kt = l + R;             // (D, kKeyTile) transposed key tile (gemm scores)
+  float* Qs = buf.data();             // (HG, R, D) scaled queries
+  float* O = Qs + HG * R * D;         // (HG, R, D) running numerators
+  float* m = O + HG * R * D;          // (HG, R) running max
+  float* l = m + HG * R;              // (HG, R) running sum
+  float* Sb = l + HG * R;             // (R, kKeyTile) scores, then probabilities (one head at a time)
+  float* Kt = Sb + R * kKeyTile;      // (D, kKeyTile) transposed key tile (gemm scores)
   thread_local std::vector<int64_t> kend_buf;
   if (static_cast<int64_t>(kend_buf.size()) < R) kend_buf.resize(R);
-  int64_t* kend = kend_buf.data();  // (R,) keys [0, kend) are visible to row r
+  int64_t* kend = kend_buf.data();  // (R,) keys [0, kend) are visible to row r (alike for every head)
 
   int64_t kmax = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t h = hk * G + g;
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t r = g * nq + i;
-      const float* src = a.q + b * a.qs[0] + h * a.qs[1] + (i0 + i) * a.qs[2];
-      for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = src[d] * a.scale;
-      const int64_t e = a.causal ? std::min(kvl, kvl - L + (i0 + i) + 1) : kvl;
-      kend[r] = std::max<int64_t>(e, 0);
-      kmax = std::max(kmax, kend[r]);
-      m[r] = kNegInf;
-      l[r] = 0.0f;
+  for (int64_t hh = 0; hh < HG; ++hh) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = (hk0 + hh) * G + g;
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t r = g * nq + i;
+        const float* src = a.q + b * a.qs[0] + h * a.qs[1] + (i0 + i) * a.qs[2];
+        float* qs = Qs + (hh * R + r) * D;
+        for (int64_t d = 0; d < D; ++d) qs[d] = src[d] * a.scale;
+        const int64_t e = a.causal ? std::min(kvl, kvl - L + (i0 + i) + 1) : kvl;
+        kend[r] = std::max<int64_t>(e, 0);
+        kmax = std::max(kmax, kend[r]);
+        m[hh * R + r] = kNegInf;
+        l[hh * R + r] = 0.0f;
+      }
     }
   }
-  std::fill(O, O + R * D, 0.0f);
+  std::fill(O, O + HG * R * D, 0.0f);
 
   const float* kb = nullptr;
   const float* vb = nullptr;
-  const int32_t* table = nullptr;
-  const float* kp[kKeyTile];  // paged: the tile's keys and values, wherever their blocks are
-  const float* vp[kKeyTile];
+  // Paged: the slots of a tile (their kv head hk0), wherever their blocks are, for this tile and the
+  // next one, whose lines are prefetched while this one is computed: the blocks lie anywhere in the pool,
+  // so the hardware prefetchers, which follow a stream within a page, start cold at every block.
+  const float* ptrs[2][2][kKeyTile];  // [tile parity][keys, values][j]
+  const auto tile_ptrs = [&](int64_t t0, int64_t kn, const float** kp, const float** vp) {
+    const int32_t* table = a.tables + b * a.T;  // position p: block table[p / bs], slot p % bs
+    const int64_t slot_floats = a.Hkv * D;      // one slot holds every kv head's D floats
+    int64_t bi = t0 / a.bs, slot = t0 % a.bs;
+    for (int64_t j = 0; j < kn; ++j) {
+      const int64_t off = (int64_t(table[bi]) * a.bs + slot) * slot_floats + hk0 * D;
+      kp[j] = a.kpool + off;
+      vp[j] = a.vpool + off;
+      if (++slot == a.bs) {
+        slot = 0;
+        ++bi;
+      }
+    }
+  };
   if constexpr (kPaged) {
-    table = a.tables + b * a.T;
-  } else {
-    kb = a.krows ? a.krows[b] + hk * a.row_hs[b] : a.k + b * a.ks[0] + hk * a.ks[1];
-    vb = a.vrows ? a.vrows[b] + hk * a.row_hs[b] : a.v + b * a.vs[0] + hk * a.vs[1];
+    if (kmax > 0) tile_ptrs(0, std::min(kKeyTile, kmax), ptrs[0][0], ptrs[0][1]);
+  } else {  // HG = 1
+    kb = a.krows ? a.krows[b] + hk0 * a.row_hs[b] : a.k + b * a.ks[0] + hk0 * a.ks[1];
+    vb = a.vrows ? a.vrows[b] + hk0 * a.row_hs[b] : a.v + b * a.vs[0] + hk0 * a.vs[1];
   }
   for (int64_t t0 = 0; t0 < kmax; t0 += kKeyTile) {
     const int64_t kn = std::min(kKeyTile, kmax - t0);
-    if constexpr (kPaged) {  // position p: block table[p / bs], slot p % bs; one slot holds Hkv heads
-      const int64_t slot_floats = a.Hkv * D;
-      int64_t bi = t0 / a.bs, slot = t0 % a.bs;
-      for (int64_t j = 0; j < kn; ++j) {
-        const int64_t off = (int64_t(table[bi]) * a.bs + slot) * slot_floats + hk * D;
-        kp[j] = a.kpool + off;
-        vp[j] = a.vpool + off;
-        if (++slot == a.bs) {
-          slot = 0;
-          ++bi;
-        }
-      }
-      K::scores(Qs, R, D, RowPointers{kp}, kn, Sb, Kt);
-    } else {
-      K::scores(Qs, R, D, StridedRows{kb + t0 * a.ks[2], a.ks[2]}, kn, Sb, Kt);
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      float* s = Sb + r * kKeyTile;
-      const int64_t vis = std::min(kn, kend[r] - t0);
-      if (vis <= 0) {
-        std::fill(s, s + kn, 0.0f);
-        continue;
-      }
-      if (a.mask) {  // row r = (head hk * G + r / nq, query i0 + r % nq)
-        const float* mr = a.mask + b * a.ms[0] + (hk * G + r / nq) * a.ms[1] + (i0 + r % nq) * a.ms[2] +
-                          t0 * a.ms[3];
-        if (a.ms[3] == 1) {  // contiguous keys (the usual case): a loop the compiler vectorizes
-          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j];
-        } else {
-          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j * a.ms[3]];
-        }
-      }
-      const float m_new = std::max(m[r], K::row_max(s, vis));
-      if (m_new == kNegInf) {  // every visible key so far is masked to -inf: nothing to add (O, l are 0)
-        std::fill(s, s + kn, 0.0f);
-        continue;
-      }
-      const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-      l[r] = l[r] * alpha + K::exp_row(s, vis, kn, m_new);
-      m[r] = m_new;
-      if (alpha != 1.0f) {
-        float* o = O + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
-      }
-    }
+    const int cur = int(t0 / kKeyTile) & 1;
     if constexpr (kPaged) {
-      K::pv(Sb, R, kn, RowPointers{vp}, D, O);
-    } else {
-      K::pv(Sb, R, kn, StridedRows{vb + t0 * a.vs[2], a.vs[2]}, D, O);
+      const int64_t t1 = t0 + kKeyTile;
+      if (t1 < kmax) {
+        const int64_t n1 = std::min(kKeyTile, kmax - t1);
+        const float** kp = ptrs[cur ^ 1][0];
+        const float** vp = ptrs[cur ^ 1][1];
+        tile_ptrs(t1, n1, kp, vp);
+        const int64_t span = HG * D;  // the floats this task reads of a slot
+        for (int64_t j = 0; j < n1; ++j) {  // every 64-byte line of the keys and of the values
+          for (int64_t d = 0; d < span; d += 16) {
+            __builtin_prefetch(kp[j] + d);
+            __builtin_prefetch(vp[j] + d);
+          }
+          __builtin_prefetch(kp[j] + span - 1);
+          __builtin_prefetch(vp[j] + span - 1);
+        }
+      }
+    }
+    for (int64_t hh = 0; hh < HG; ++hh) {
+      const float* Qh = Qs + hh * R * D;
+      float* Oh = O + hh * R * D;
+      float* mh = m + hh * R;
+      float* lh = l + hh * R;
+      if constexpr (kPaged) {
+        K::scores(Qh, R, D, RowPointers{ptrs[cur][0], hh * D}, kn, Sb, Kt);
+      } else {
+        K::scores(Qh, R, D, StridedRows{kb + t0 * a.ks[2], a.ks[2]}, kn, Sb, Kt);
+      }
+      for (int64_t r = 0; r < R; ++r) {
+        float* s = Sb + r * kKeyTile;
+        const int64_t vis = std::min(kn, kend[r] - t0);
+        if (vis <= 0) {
+          std::fill(s, s + kn, 0.0f);
+          continue;
+        }
+        if (a.mask) {  // row r = (head (hk0 + hh) * G + r / nq, query i0 + r % nq)
+          const float* mr = a.mask + b * a.ms[0] + ((hk0 + hh) * G + r / nq) * a.ms[1] +
+                            (i0 + r % nq) * a.ms[2] + t0 * a.ms[3];
+          if (a.ms[3] == 1) {  // contiguous keys (the usual case): a loop the compiler vectorizes
+            for (int64_t j = 0; j < vis; ++j) s[j] += mr[j];
+          } else {
+            for (int64_t j = 0; j < vis; ++j) s[j] += mr[j * a.ms[3]];
+          }
+        }
+        const float m_new = std::max(mh[r], K::row_max(s, vis));
+        if (m_new == kNegInf) {  // every visible key so far is masked to -inf: nothing to add (O, l are 0)
+          std::fill(s, s + kn, 0.0f);
+          continue;
+        }
+        const float alpha = mh[r] == kNegInf ? 0.0f : std::exp(mh[r] - m_new);
+        lh[r] = lh[r] * alpha + K::exp_row(s, vis, kn, m_new);
+        mh[r] = m_new;
+        if (alpha != 1.0f) {
+          float* o = Oh + r * D;
+          for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+        }
+      }
+      if constexpr (kPaged) {
+        K::pv(Sb, R, kn, RowPointers{ptrs[cur][1], hh * D}, D, Oh);
+      } else {
+        K::pv(Sb, R, kn, StridedRows{vb + t0 * a.vs[2], a.vs[2]}, D, Oh);
+      }
     }
   }
 
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t h = hk * G + g;
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t r = g * nq + i;
-      float* dst = a.out + (((b * L) + i0 + i) * a.H + h) * D;
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      for (int64_t d = 0; d < D; ++d) dst[d] = O[r * D + d] * inv;
+  for (int64_t hh = 0; hh < HG; ++hh) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = (hk0 + hh) * G + g;
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t r = g * nq + i;
+        float* dst = a.out + (((b * L) + i0 + i) * a.H + h) * D;
+        const float* o = O + (hh * R + r) * D;
+        const float inv = l[hh * R + r] > 0.0f ? 1.0f / l[hh * R + r] : 0.0f;
+        for (int64_t d = 0; d < D; ++d) dst[d] = o[d] * inv;
+      }
     }
   }
 }
@@ -686,7 +725,9 @@ void flash_attention_f32(AttnArgs a) {
   a.QB = std::clamp<int64_t>(64 / G, 1, a.L);
   a.n_qb = (a.L + a.QB - 1) / a.QB;
   const FusedTable t = fused_table(a.D);
-  const int64_t n_tasks = a.B * a.Hkv * a.n_qb;
+  // A paged task takes all of a row's kv heads when there are still two tasks per thread so.
+  a.HG = a.tables && a.B * a.n_qb >= 2 * ThreadPool::global().size() ? a.Hkv : 1;
+  const int64_t n_tasks = a.B * (a.Hkv / a.HG) * a.n_qb;
   const double work = double(a.B) * a.H * a.L * double(a.S) * a.D;
   const int max_threads = work < 1.0e5 ? 1 : 0;
   const AttnTaskFn fn = a.tables ? t.paged_attn : t.attn;

@@ -27,6 +27,7 @@ struct AttnArgs {
   float scale;
   bool causal;
   int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
+  int64_t HG = 1;    // kv heads per task (set by the driver)
   // Per-row K/V buffers instead of k/v (decode_attention_rows): row b's keys of kv head hk start at
   // krows[b] + hk * row_hs[b], one position every ks[2] floats.
   const float* const* krows = nullptr;
