@@ -124,14 +124,19 @@ def paged_write(
 ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
     """Store row b's L new keys/values (B, H_kv, L, D) at its positions lengths[b] - L + i, in the blocks
     its table names: block block_tables[b, pos // bs], slot pos % bs. Returns (a marker array, (k_pool,
-    v_pool) updated: new arrays here, so `after` is not needed)."""
-    B, H_kv, L, D = k.shape
-    blocks, slots = _paged_slots(block_tables, lengths, L, k_pool.shape[1])
-    rows_k = k.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)  # (B * L, H_kv, D), row-major as (b, i)
-    rows_v = v.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)
+    v_pool) updated: new arrays here, so `after` is not needed). An empty row (lengths[b] = 0, a free slot
+    of the batch) stores nothing."""
     k_pool, v_pool = mx.array(k_pool), mx.array(v_pool)
-    k_pool[blocks, slots] = rows_k
-    v_pool[blocks, slots] = rows_v
+    live = [b for b, n in enumerate(lengths.tolist()) if n > 0]
+    if live:
+        rows = mx.array(live, dtype=mx.int32)
+        k, v, block_tables, lengths = k[rows], v[rows], block_tables[rows], lengths[rows]
+        B, H_kv, L, D = k.shape
+        blocks, slots = _paged_slots(block_tables, lengths, L, k_pool.shape[1])
+        rows_k = k.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)  # (B * L, H_kv, D), row-major as (b, i)
+        rows_v = v.transpose(0, 2, 1, 3).reshape(B * L, H_kv, D)
+        k_pool[blocks, slots] = rows_k
+        v_pool[blocks, slots] = rows_v
     return k_pool[:0, 0, 0, 0], (k_pool, v_pool)
 
 

@@ -16,9 +16,11 @@
 // Rules it keeps (see also linear.cpp):
 //  * Portable build: AVX-512 code lives only in functions with __attribute__((target(...))) and runs
 //    only when the ISA in use (`active_kernels()`, the same switch as linear/quant) is avx512.
-//    avx2 = the portable loops compiled with target("avx2,fma"); generic = the same loops plain.
+//    avx2 = hand-written AVX2 + FMA tile kernels (the AVX-512 ones at half width; rms_norm and swiglu are
+//    the portable loops compiled with target("avx2,fma")); generic = the portable loops plain.
 //  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
 #include "attention.h"
+#include "attention_impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -45,6 +47,20 @@ namespace tiny_llm {
 static constexpr int64_t kKeyTile = 64;  // keys per tile (4 AVX-512 vectors of scores per row)
 static constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Where the tile kernels find key (or value) j of a tile: one every `stride` floats from `base` (a dense
+// cache), or the j-th of an array of pointers (a paged cache: a tile of kKeyTile keys spans blocks that
+// lie anywhere in the pool). Both inline into the kernels, so the dense path is what it was.
+struct StridedRows {
+  const float* base;
+  int64_t stride;
+  __attribute__((always_inline)) const float* operator()(int64_t j) const { return base + j * stride; }
+};
+struct RowPointers {
+  const float* const* p;
+  int64_t off;  // floats past each pointer (the kv head within a paged slot)
+  __attribute__((always_inline)) const float* operator()(int64_t j) const { return p[j] + off; }
+};
+
 // ------------------------------------------------------------------------------------------------
 // Tile kernels per ISA
 
@@ -62,6 +78,202 @@ namespace isa_avx2 {
 #define TL_NAME "avx2"
 #include "attention_generic.inc"
 #undef TL_NAME
+
+TL_ATTR static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+TL_ATTR static inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// e^x for x <= 88, the AVX-512 vexp's Cephes polynomial; AVX2 has no scalef, so 2^n is built in the
+// exponent bits, which needs n >= -126: x < -87.336 (where e^x leaves the normal floats) gives exactly
+// 0, as does -inf (a masked score). Relative error ~2 ulp on [-87, 88]; the attention feeds x <= 0.
+TL_ATTR static inline __m256 vexp(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+// The attention tile kernels by hand, the AVX-512 ones at half the width (8 floats a vector, 16
+// registers); D must be a multiple of 8 (the driver sends other D to the compiled loops of Kn above).
+// rms_norm_row and swiglu stay Kn's.
+struct KnSimd : Kn {
+  // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each; two
+  // accumulators, as D / 8 FMAs in one chain would wait on each other).
+  template <class Rows>
+  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = keys(j);
+      for (int64_t r = 0; r < R; ++r) {
+        const float* qr = Qs + r * D;
+        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+        __m256 a1 = _mm256_setzero_ps();
+        int64_t d = 8;
+        for (; d + 16 <= D; d += 16) {
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d + 8), _mm256_loadu_ps(kj + d + 8), a0);
+        }
+        if (d < D) a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
+        S[r * kKeyTile + j] = hsum(_mm256_add_ps(a0, a1));
+      }
+    }
+  }
+
+  // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 16 keys of scores
+  // live in 8 registers while d runs (the AVX-512 micro-kernel's 4 x 64 would need 32 of them).
+  template <class Rows>
+  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
+                                  float* Kt) {
+    for (int64_t j = 0; j < kn; ++j) {
+      const float* kj = keys(j);
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = kj[d];
+    }
+    for (int64_t j = kn; j < kKeyTile; ++j)
+      for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = 0.0f;
+    const int64_t cols = (kn + 15) / 16 * 16;  // past kn the zero columns; S has kKeyTile columns
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) {
+      const float* q0 = Qs + r * D;
+      for (int64_t c = 0; c < cols; c += 16) {
+        __m256 acc[4][2];
+        for (int i = 0; i < 4; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; ++d) {
+          const float* kt = Kt + d * kKeyTile + c;
+          const __m256 k0 = _mm256_loadu_ps(kt), k1 = _mm256_loadu_ps(kt + 8);
+          for (int i = 0; i < 4; ++i) {
+            const __m256 qv = _mm256_broadcast_ss(q0 + i * D + d);
+            acc[i][0] = _mm256_fmadd_ps(qv, k0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(qv, k1, acc[i][1]);
+          }
+        }
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(S + (r + i) * kKeyTile + c, acc[i][0]);
+          _mm256_storeu_ps(S + (r + i) * kKeyTile + c + 8, acc[i][1]);
+        }
+      }
+    }
+    for (; r < R; ++r) {
+      const float* qr = Qs + r * D;
+      for (int64_t c = 0; c < cols; c += 16) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; ++d) {
+          const __m256 qv = _mm256_broadcast_ss(qr + d);
+          a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(Kt + d * kKeyTile + c), a0);
+          a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(Kt + d * kKeyTile + c + 8), a1);
+        }
+        _mm256_storeu_ps(S + r * kKeyTile + c, a0);
+        _mm256_storeu_ps(S + r * kKeyTile + c + 8, a1);
+      }
+    }
+  }
+
+  template <class Rows>
+  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
+    if (R < 16) {
+      scores_dot(Qs, R, D, keys, kn, S);
+    } else {
+      scores_gemm(Qs, R, D, keys, kn, S, Kt);
+    }
+  }
+
+  TL_ATTR static float row_max(const float* s, int64_t n) {
+    __m256 m = _mm256_set1_ps(kNegInf);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    float out = hmax(m);
+    for (; j < n; ++j) out = s[j] > out ? s[j] : out;
+    return out;
+  }
+
+  // s[j] = exp(s[j] - m) for j < vis, 0 for vis <= j < kn (whole vectors: S has kKeyTile columns).
+  TL_ATTR static float exp_row(float* s, int64_t vis, int64_t kn, float m) {
+    const __m256 mv = _mm256_set1_ps(m);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kn; j += 8) {
+      const __m256 on = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(int(vis - j)), lane));
+      const __m256 e = _mm256_and_ps(on, vexp(_mm256_sub_ps(_mm256_loadu_ps(s + j), mv)));
+      _mm256_storeu_ps(s + j, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    return hsum(sum);
+  }
+
+  // O[r] += sum_j P[r, j] v_j, two rows at a time sharing the v loads, D in chunks of 32.
+  template <int CN, class Rows>
+  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O, int64_t c0) {
+    int64_t r = 0;
+    for (; r + 2 <= R; r += 2) {
+      float* o0 = O + r * D + c0;
+      float* o1 = o0 + D;
+      const float* p0 = P + r * kKeyTile;
+      const float* p1 = p0 + kKeyTile;
+      __m256 a0[CN], a1[CN];
+      for (int c = 0; c < CN; ++c) {
+        a0[c] = _mm256_loadu_ps(o0 + 8 * c);
+        a1[c] = _mm256_loadu_ps(o1 + 8 * c);
+      }
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vals(j) + c0;
+        const __m256 w0 = _mm256_set1_ps(p0[j]), w1 = _mm256_set1_ps(p1[j]);
+        for (int c = 0; c < CN; ++c) {
+          const __m256 vv = _mm256_loadu_ps(vj + 8 * c);
+          a0[c] = _mm256_fmadd_ps(w0, vv, a0[c]);
+          a1[c] = _mm256_fmadd_ps(w1, vv, a1[c]);
+        }
+      }
+      for (int c = 0; c < CN; ++c) {
+        _mm256_storeu_ps(o0 + 8 * c, a0[c]);
+        _mm256_storeu_ps(o1 + 8 * c, a1[c]);
+      }
+    }
+    for (; r < R; ++r) {
+      float* o0 = O + r * D + c0;
+      const float* p0 = P + r * kKeyTile;
+      __m256 a0[CN];
+      for (int c = 0; c < CN; ++c) a0[c] = _mm256_loadu_ps(o0 + 8 * c);
+      for (int64_t j = 0; j < kn; ++j) {
+        const float* vj = vals(j) + c0;
+        const __m256 w0 = _mm256_set1_ps(p0[j]);
+        for (int c = 0; c < CN; ++c) a0[c] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(vj + 8 * c), a0[c]);
+      }
+      for (int c = 0; c < CN; ++c) _mm256_storeu_ps(o0 + 8 * c, a0[c]);
+    }
+  }
+
+  template <class Rows>
+  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O) {
+    for (int64_t c0 = 0; c0 < D; c0 += 32) {
+      switch ((std::min<int64_t>(32, D - c0)) / 8) {
+        case 4: pv_chunk<4>(P, R, kn, vals, D, O, c0); break;
+        case 3: pv_chunk<3>(P, R, kn, vals, D, O, c0); break;
+        case 2: pv_chunk<2>(P, R, kn, vals, D, O, c0); break;
+        default: pv_chunk<1>(P, R, kn, vals, D, O, c0); break;
+      }
+    }
+  }
+};
 #undef TL_ATTR
 }  // namespace isa_avx2
 
@@ -116,10 +328,10 @@ struct Kn {
   static constexpr const char* name = "avx512";
 
   // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each).
-  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                                 int64_t kn, float* S) {
+  template <class Rows>
+  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
     for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = kb + j * kstride;
+      const float* kj = keys(j);
       for (int64_t r = 0; r < R; ++r) {
         const float* qr = Qs + r * D;
         __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
@@ -133,10 +345,11 @@ struct Kn {
 
   // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 64 keys of
   // scores live in 16 registers while d runs (a small GEMM micro-kernel, no horizontal sums).
-  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                                  int64_t kn, float* S, float* Kt) {
+  template <class Rows>
+  TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
+                                  float* Kt) {
     for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = kb + j * kstride;
+      const float* kj = keys(j);
       for (int64_t d = 0; d < D; ++d) Kt[d * kKeyTile + j] = kj[d];
     }
     for (int64_t j = kn; j < kKeyTile; ++j)
@@ -173,12 +386,12 @@ struct Kn {
     }
   }
 
-  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, const float* kb, int64_t kstride,
-                             int64_t kn, float* S, float* Kt) {
+  template <class Rows>
+  TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
     if (R < 16) {
-      scores_dot(Qs, R, D, kb, kstride, kn, S);
+      scores_dot(Qs, R, D, keys, kn, S);
     } else {
-      scores_gemm(Qs, R, D, kb, kstride, kn, S, Kt);
+      scores_gemm(Qs, R, D, keys, kn, S, Kt);
     }
   }
 
@@ -209,9 +422,8 @@ struct Kn {
   }
 
   // O[r] += sum_j P[r, j] v_j, two rows at a time sharing the v loads, D in chunks of 64.
-  template <int CN>
-  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride,
-                               int64_t D, float* O, int64_t c0) {
+  template <int CN, class Rows>
+  TL_ATTR static void pv_chunk(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O, int64_t c0) {
     int64_t r = 0;
     for (; r + 2 <= R; r += 2) {
       float* o0 = O + r * D + c0;
@@ -224,7 +436,7 @@ struct Kn {
         a1[c] = _mm512_loadu_ps(o1 + 16 * c);
       }
       for (int64_t j = 0; j < kn; ++j) {
-        const float* vj = vb + j * vstride + c0;
+        const float* vj = vals(j) + c0;
         const __m512 w0 = _mm512_set1_ps(p0[j]), w1 = _mm512_set1_ps(p1[j]);
         for (int c = 0; c < CN; ++c) {
           const __m512 vv = _mm512_loadu_ps(vj + 16 * c);
@@ -243,7 +455,7 @@ struct Kn {
       __m512 a0[CN];
       for (int c = 0; c < CN; ++c) a0[c] = _mm512_loadu_ps(o0 + 16 * c);
       for (int64_t j = 0; j < kn; ++j) {
-        const float* vj = vb + j * vstride + c0;
+        const float* vj = vals(j) + c0;
         const __m512 w0 = _mm512_set1_ps(p0[j]);
         for (int c = 0; c < CN; ++c) a0[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(vj + 16 * c), a0[c]);
       }
@@ -251,14 +463,14 @@ struct Kn {
     }
   }
 
-  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, const float* vb, int64_t vstride, int64_t D,
-                         float* O) {
+  template <class Rows>
+  TL_ATTR static void pv(const float* P, int64_t R, int64_t kn, Rows vals, int64_t D, float* O) {
     for (int64_t c0 = 0; c0 < D; c0 += 64) {
       switch ((std::min<int64_t>(64, D - c0)) / 16) {
-        case 4: pv_chunk<4>(P, R, kn, vb, vstride, D, O, c0); break;
-        case 3: pv_chunk<3>(P, R, kn, vb, vstride, D, O, c0); break;
-        case 2: pv_chunk<2>(P, R, kn, vb, vstride, D, O, c0); break;
-        default: pv_chunk<1>(P, R, kn, vb, vstride, D, O, c0); break;
+        case 4: pv_chunk<4>(P, R, kn, vals, D, O, c0); break;
+        case 3: pv_chunk<3>(P, R, kn, vals, D, O, c0); break;
+        case 2: pv_chunk<2>(P, R, kn, vals, D, O, c0); break;
+        default: pv_chunk<1>(P, R, kn, vals, D, O, c0); break;
       }
     }
   }
@@ -313,109 +525,156 @@ struct Kn {
 // ------------------------------------------------------------------------------------------------
 // Flash attention driver
 
-struct AttnArgs {
-  const float* q;
-  const float* k;
-  const float* v;
-  float* out;  // (B, L, H, D) contiguous
-  int64_t B, H, Hkv, L, S, D;
-  int64_t qs[3], ks[3], vs[3];  // element strides of axes (batch, head, position); the last axis is 1
-  const int32_t* kv_len;        // (B,) or null (= S)
-  // Additive mask, (B, H, L, S) read through its element strides ms (0 on broadcast axes), or null.
-  const float* mask = nullptr;
-  int64_t ms[4] = {0, 0, 0, 0};
-  float scale;
-  bool causal;
-  int64_t QB, n_qb;  // queries per task block, blocks per (b, hk)
-  // Per-row K/V buffers instead of k/v (decode_attention_rows): row b's keys of kv head hk start at
-  // krows[b] + hk * row_hs[b], one position every ks[2] floats.
-  const float* const* krows = nullptr;
-  const float* const* vrows = nullptr;
-  const int64_t* row_hs = nullptr;
-};
-
-template <class K>
+// One task of flash attention: rows (b, kv heads hk0 .. hk0 + HG - 1) x one block of queries. kPaged:
+// the keys come through the block tables (AttnArgs::tables), else from k / v or the per-row buffers.
+// A paged slot holds every kv head's keys side by side, so a paged task may take all of a row's heads
+// (HG = Hkv) and read each slot whole; one head per task would leave the neighbouring lines the hardware
+// prefetches to another task, and the row's keys would cross the memory bus once per head.
+template <class K, bool kPaged>
 static void attn_task(const AttnArgs& a, int64_t task) {
-  const int64_t G = a.H / a.Hkv, D = a.D, L = a.L;
-  const int64_t qb = a.n_qb - 1 - task / (a.B * a.Hkv);  // heaviest (last) query blocks first
-  const int64_t bh = task % (a.B * a.Hkv);
-  const int64_t b = bh / a.Hkv, hk = bh % a.Hkv;
+  const int64_t G = a.H / a.Hkv, D = a.D, L = a.L, HG = a.HG, n_hg = a.Hkv / HG;
+  const int64_t qb = a.n_qb - 1 - task / (a.B * n_hg);  // heaviest (last) query blocks first
+  const int64_t bg = task % (a.B * n_hg);
+  const int64_t b = bg / n_hg, hk0 = (bg % n_hg) * HG;
   const int64_t i0 = qb * a.QB, i1 = std::min(L, i0 + a.QB), nq = i1 - i0, R = G * nq;
   const int64_t kvl = a.kv_len ? std::clamp<int64_t>(a.kv_len[b], 0, a.S) : a.S;
 
   thread_local std::vector<float> buf;
-  const size_t need = static_cast<size_t>(2 * R * D + R * kKeyTile + 2 * R + D * kKeyTile);
+  const size_t need = static_cast<size_t>(HG * (2 * R * D + 2 * R) + R * kKeyTile + D * kKeyTile);
   if (buf.size() < need) buf.resize(need);
-  float* Qs = buf.data();        // (R, D) scaled queries
-  float* O = Qs + R * D;         // (R, D) running numerators
-  float* Sb = O + R * D;         // (R, kKeyTile) scores, then probabilities
-  float* m = Sb + R * kKeyTile;  // (R,) running max
-  float* l = m + R;              // (R,) running sum
-  float* Kt = l + R;             // (D, kKeyTile) transposed key tile (gemm scores)
+  float* Qs = buf.data();             // (HG, R, D) scaled queries
+  float* O = Qs + HG * R * D;         // (HG, R, D) running numerators
+  float* m = O + HG * R * D;          // (HG, R) running max
+  float* l = m + HG * R;              // (HG, R) running sum
+  float* Sb = l + HG * R;             // (R, kKeyTile) scores, then probabilities (one head at a time)
+  float* Kt = Sb + R * kKeyTile;      // (D, kKeyTile) transposed key tile (gemm scores)
   thread_local std::vector<int64_t> kend_buf;
   if (static_cast<int64_t>(kend_buf.size()) < R) kend_buf.resize(R);
-  int64_t* kend = kend_buf.data();  // (R,) keys [0, kend) are visible to row r
+  int64_t* kend = kend_buf.data();  // (R,) keys [0, kend) are visible to row r (alike for every head)
 
   int64_t kmax = 0;
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t h = hk * G + g;
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t r = g * nq + i;
-      const float* src = a.q + b * a.qs[0] + h * a.qs[1] + (i0 + i) * a.qs[2];
-      for (int64_t d = 0; d < D; ++d) Qs[r * D + d] = src[d] * a.scale;
-      const int64_t e = a.causal ? std::min(kvl, kvl - L + (i0 + i) + 1) : kvl;
-      kend[r] = std::max<int64_t>(e, 0);
-      kmax = std::max(kmax, kend[r]);
-      m[r] = kNegInf;
-      l[r] = 0.0f;
+  for (int64_t hh = 0; hh < HG; ++hh) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = (hk0 + hh) * G + g;
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t r = g * nq + i;
+        const float* src = a.q + b * a.qs[0] + h * a.qs[1] + (i0 + i) * a.qs[2];
+        float* qs = Qs + (hh * R + r) * D;
+        for (int64_t d = 0; d < D; ++d) qs[d] = src[d] * a.scale;
+        const int64_t e = a.causal ? std::min(kvl, kvl - L + (i0 + i) + 1) : kvl;
+        kend[r] = std::max<int64_t>(e, 0);
+        kmax = std::max(kmax, kend[r]);
+        m[hh * R + r] = kNegInf;
+        l[hh * R + r] = 0.0f;
+      }
     }
   }
-  std::fill(O, O + R * D, 0.0f);
+  std::fill(O, O + HG * R * D, 0.0f);
 
-  const float* kb = a.krows ? a.krows[b] + hk * a.row_hs[b] : a.k + b * a.ks[0] + hk * a.ks[1];
-  const float* vb = a.vrows ? a.vrows[b] + hk * a.row_hs[b] : a.v + b * a.vs[0] + hk * a.vs[1];
+  const float* kb = nullptr;
+  const float* vb = nullptr;
+  // Paged: the slots of a tile (their kv head hk0), wherever their blocks are, for this tile and the
+  // next one, whose lines are prefetched while this one is computed: the blocks lie anywhere in the pool,
+  // so the hardware prefetchers, which follow a stream within a page, start cold at every block.
+  const float* ptrs[2][2][kKeyTile];  // [tile parity][keys, values][j]
+  const auto tile_ptrs = [&](int64_t t0, int64_t kn, const float** kp, const float** vp) {
+    const int32_t* table = a.tables + b * a.T;  // position p: block table[p / bs], slot p % bs
+    const int64_t slot_floats = a.Hkv * D;      // one slot holds every kv head's D floats
+    int64_t bi = t0 / a.bs, slot = t0 % a.bs;
+    for (int64_t j = 0; j < kn; ++j) {
+      const int64_t off = (int64_t(table[bi]) * a.bs + slot) * slot_floats + hk0 * D;
+      kp[j] = a.kpool + off;
+      vp[j] = a.vpool + off;
+      if (++slot == a.bs) {
+        slot = 0;
+        ++bi;
+      }
+    }
+  };
+  if constexpr (kPaged) {
+    if (kmax > 0) tile_ptrs(0, std::min(kKeyTile, kmax), ptrs[0][0], ptrs[0][1]);
+  } else {  // HG = 1
+    kb = a.krows ? a.krows[b] + hk0 * a.row_hs[b] : a.k + b * a.ks[0] + hk0 * a.ks[1];
+    vb = a.vrows ? a.vrows[b] + hk0 * a.row_hs[b] : a.v + b * a.vs[0] + hk0 * a.vs[1];
+  }
   for (int64_t t0 = 0; t0 < kmax; t0 += kKeyTile) {
     const int64_t kn = std::min(kKeyTile, kmax - t0);
-    K::scores(Qs, R, D, kb + t0 * a.ks[2], a.ks[2], kn, Sb, Kt);
-    for (int64_t r = 0; r < R; ++r) {
-      float* s = Sb + r * kKeyTile;
-      const int64_t vis = std::min(kn, kend[r] - t0);
-      if (vis <= 0) {
-        std::fill(s, s + kn, 0.0f);
-        continue;
-      }
-      if (a.mask) {  // row r = (head hk * G + r / nq, query i0 + r % nq)
-        const float* mr = a.mask + b * a.ms[0] + (hk * G + r / nq) * a.ms[1] + (i0 + r % nq) * a.ms[2] +
-                          t0 * a.ms[3];
-        if (a.ms[3] == 1) {  // contiguous keys (the usual case): a loop the compiler vectorizes
-          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j];
-        } else {
-          for (int64_t j = 0; j < vis; ++j) s[j] += mr[j * a.ms[3]];
+    const int cur = int(t0 / kKeyTile) & 1;
+    if constexpr (kPaged) {
+      const int64_t t1 = t0 + kKeyTile;
+      if (t1 < kmax) {
+        const int64_t n1 = std::min(kKeyTile, kmax - t1);
+        const float** kp = ptrs[cur ^ 1][0];
+        const float** vp = ptrs[cur ^ 1][1];
+        tile_ptrs(t1, n1, kp, vp);
+        const int64_t span = HG * D;  // the floats this task reads of a slot
+        for (int64_t j = 0; j < n1; ++j) {  // every 64-byte line of the keys and of the values
+          for (int64_t d = 0; d < span; d += 16) {
+            __builtin_prefetch(kp[j] + d);
+            __builtin_prefetch(vp[j] + d);
+          }
+          __builtin_prefetch(kp[j] + span - 1);
+          __builtin_prefetch(vp[j] + span - 1);
         }
       }
-      const float m_new = std::max(m[r], K::row_max(s, vis));
-      if (m_new == kNegInf) {  // every visible key so far is masked to -inf: nothing to add (O, l are 0)
-        std::fill(s, s + kn, 0.0f);
-        continue;
+    }
+    for (int64_t hh = 0; hh < HG; ++hh) {
+      const float* Qh = Qs + hh * R * D;
+      float* Oh = O + hh * R * D;
+      float* mh = m + hh * R;
+      float* lh = l + hh * R;
+      if constexpr (kPaged) {
+        K::scores(Qh, R, D, RowPointers{ptrs[cur][0], hh * D}, kn, Sb, Kt);
+      } else {
+        K::scores(Qh, R, D, StridedRows{kb + t0 * a.ks[2], a.ks[2]}, kn, Sb, Kt);
       }
-      const float alpha = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-      l[r] = l[r] * alpha + K::exp_row(s, vis, kn, m_new);
-      m[r] = m_new;
-      if (alpha != 1.0f) {
-        float* o = O + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+      for (int64_t r = 0; r < R; ++r) {
+        float* s = Sb + r * kKeyTile;
+        const int64_t vis = std::min(kn, kend[r] - t0);
+        if (vis <= 0) {
+          std::fill(s, s + kn, 0.0f);
+          continue;
+        }
+        if (a.mask) {  // row r = (head (hk0 + hh) * G + r / nq, query i0 + r % nq)
+          const float* mr = a.mask + b * a.ms[0] + ((hk0 + hh) * G + r / nq) * a.ms[1] +
+                            (i0 + r % nq) * a.ms[2] + t0 * a.ms[3];
+          if (a.ms[3] == 1) {  // contiguous keys (the usual case): a loop the compiler vectorizes
+            for (int64_t j = 0; j < vis; ++j) s[j] += mr[j];
+          } else {
+            for (int64_t j = 0; j < vis; ++j) s[j] += mr[j * a.ms[3]];
+          }
+        }
+        const float m_new = std::max(mh[r], K::row_max(s, vis));
+        if (m_new == kNegInf) {  // every visible key so far is masked to -inf: nothing to add (O, l are 0)
+          std::fill(s, s + kn, 0.0f);
+          continue;
+        }
+        const float alpha = mh[r] == kNegInf ? 0.0f : std::exp(mh[r] - m_new);
+        lh[r] = lh[r] * alpha + K::exp_row(s, vis, kn, m_new);
+        mh[r] = m_new;
+        if (alpha != 1.0f) {
+          float* o = Oh + r * D;
+          for (int64_t d = 0; d < D; ++d) o[d] *= alpha;
+        }
+      }
+      if constexpr (kPaged) {
+        K::pv(Sb, R, kn, RowPointers{ptrs[cur][1], hh * D}, D, Oh);
+      } else {
+        K::pv(Sb, R, kn, StridedRows{vb + t0 * a.vs[2], a.vs[2]}, D, Oh);
       }
     }
-    K::pv(Sb, R, kn, vb + t0 * a.vs[2], a.vs[2], D, O);
   }
 
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t h = hk * G + g;
-    for (int64_t i = 0; i < nq; ++i) {
-      const int64_t r = g * nq + i;
-      float* dst = a.out + (((b * L) + i0 + i) * a.H + h) * D;
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      for (int64_t d = 0; d < D; ++d) dst[d] = O[r * D + d] * inv;
+  for (int64_t hh = 0; hh < HG; ++hh) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = (hk0 + hh) * G + g;
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t r = g * nq + i;
+        float* dst = a.out + (((b * L) + i0 + i) * a.H + h) * D;
+        const float* o = O + (hh * R + r) * D;
+        const float inv = l[hh * R + r] > 0.0f ? 1.0f / l[hh * R + r] : 0.0f;
+        for (int64_t d = 0; d < D; ++d) dst[d] = o[d] * inv;
+      }
     }
   }
 }
@@ -427,51 +686,58 @@ using SwigluFn = void (*)(const float*, const float*, float*, int64_t);
 struct FusedTable {
   const char* name;
   AttnTaskFn attn;
+  AttnTaskFn paged_attn;
   RmsRowFn rms;
   SwigluFn swiglu;
 };
 
 template <class K>
 static FusedTable make_table() {
-  return {K::name, &attn_task<K>, &K::rms_norm_row, &K::swiglu};
+  return {K::name, &attn_task<K, false>, &attn_task<K, true>, &K::rms_norm_row, &K::swiglu};
 }
 
-// The tile kernels of the ISA linear/quant use (set_isa switches all of them); AVX-512 needs
-// D % 16 == 0 for attention (other D run the avx2 loops).
-static FusedTable fused_table(bool attn_d_ok) {
+// The tile kernels of the ISA linear/quant use (set_isa switches all of them) for attention with head
+// dimension D (0 for the elementwise ops): the AVX-512 ones need D % 16 == 0, the hand-written AVX2 ones
+// D % 8 == 0; other D run the loops of attention_generic.inc compiled for AVX2.
+static FusedTable fused_table(int64_t D) {
 #if TL_X86
   const char* isa = active_kernels().name;
-  if (std::strcmp(isa, "avx512") == 0) {
-    if (attn_d_ok) return make_table<isa_avx512::Kn>();
-    FusedTable t = make_table<isa_avx2::Kn>();
-    t.rms = &isa_avx512::Kn::rms_norm_row;
-    t.swiglu = &isa_avx512::Kn::swiglu;
+  const bool avx512 = std::strcmp(isa, "avx512") == 0;
+  if (avx512 && D % 16 == 0) return make_table<isa_avx512::Kn>();
+  if (avx512 || std::strcmp(isa, "avx2") == 0) {
+    FusedTable t = D % 8 == 0 ? make_table<isa_avx2::KnSimd>() : make_table<isa_avx2::Kn>();
+    if (avx512) {
+      t.rms = &isa_avx512::Kn::rms_norm_row;
+      t.swiglu = &isa_avx512::Kn::swiglu;
+    }
     return t;
   }
-  if (std::strcmp(isa, "avx2") == 0) return make_table<isa_avx2::Kn>();
 #else
-  (void)attn_d_ok;
+  (void)D;
 #endif
   return make_table<isa_generic::Kn>();
 }
 
-static void flash_attention_f32(AttnArgs a) {
+void flash_attention_f32(AttnArgs a) {
   if (a.B == 0 || a.H == 0 || a.L == 0 || a.D == 0) return;
   const int64_t G = a.H / a.Hkv;
   // ~64 rows per task: enough to amortize a key tile, small enough for L1 and for many tasks.
   a.QB = std::clamp<int64_t>(64 / G, 1, a.L);
   a.n_qb = (a.L + a.QB - 1) / a.QB;
-  const FusedTable t = fused_table(a.D % 16 == 0);
-  const int64_t n_tasks = a.B * a.Hkv * a.n_qb;
+  const FusedTable t = fused_table(a.D);
+  // A paged task takes all of a row's kv heads when there are still two tasks per thread so.
+  a.HG = a.tables && a.B * a.n_qb >= 2 * ThreadPool::global().size() ? a.Hkv : 1;
+  const int64_t n_tasks = a.B * (a.Hkv / a.HG) * a.n_qb;
   const double work = double(a.B) * a.H * a.L * double(a.S) * a.D;
   const int max_threads = work < 1.0e5 ? 1 : 0;
-  ThreadPool::global().parallel_for(n_tasks, [&](int64_t task) { t.attn(a, task); }, max_threads);
+  const AttnTaskFn fn = a.tables ? t.paged_attn : t.attn;
+  ThreadPool::global().parallel_for(n_tasks, [&](int64_t task) { fn(a, task); }, max_threads);
 }
 
 // ------------------------------------------------------------------------------------------------
 // Ops
 
-static std::string shape_str(const mx::array& a) {
+std::string shape_str(const mx::array& a) {
   std::string out = "(";
   for (size_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
   return out + (a.ndim() == 1 ? ",)" : ")");
@@ -552,9 +818,7 @@ static const float* strided_view(const mx::array& a, int64_t st[3], std::vector<
   return scratch.data();
 }
 
-// Allocate `out` and register the arrays with the stream's encoder (every eval_cpu below starts so).
-static mx::cpu::CommandEncoder& begin_eval(const mx::Stream& stream, const std::vector<mx::array>& inputs,
-                                           mx::array& out) {
+mx::cpu::CommandEncoder& begin_eval(const mx::Stream& stream, const std::vector<mx::array>& inputs, mx::array& out) {
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& enc = mx::cpu::get_command_encoder(stream);
   for (const auto& a : inputs) enc.set_input_array(a);
@@ -762,7 +1026,7 @@ void RMSNorm::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arr
   const int64_t M = inputs[0].shape(0), D = inputs[0].shape(1);
   const float eps = eps_;
   enc.dispatch([=]() {
-    const RmsRowFn row = fused_table(true).rms;
+    const RmsRowFn row = fused_table(0).rms;
     const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1));  // ~64 KB per task
     const int64_t n_tasks = (M + rows - 1) / rows;
     ThreadPool::global().parallel_for(
@@ -810,7 +1074,7 @@ void SwiGLU::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arra
   float* yp = out.data<float>();
   const int64_t n = inputs[0].size();
   enc.dispatch([=]() {
-    const SwigluFn fn = fused_table(true).swiglu;
+    const SwigluFn fn = fused_table(0).swiglu;
     constexpr int64_t chunk = 16384;  // 64 KB of output per task
     const int64_t n_tasks = (n + chunk - 1) / chunk;
     ThreadPool::global().parallel_for(

@@ -11,6 +11,7 @@
 
 #include "attention.h"
 #include "linear.h"
+#include "paged.h"
 #include "quant.h"
 #include "threadpool.h"
 
@@ -68,6 +69,53 @@ NB_MODULE(_ext, m) {
       "PLACE at position lengths[b] of caches[2b] (keys) / caches[2b + 1] (values), each (1, H_kv, capacity,\n"
       "D) float32 row-contiguous, and q[b] (B, H, 1, D) attends over its first lengths[b] + 1 keys.\n"
       "after: arrays to run after (earlier writers of these buffers); not read. Returns out (B, H, 1, D).");
+  m.def(
+      "kv_pool",
+      [](int num_blocks, int block_size, int n_kv_heads, int head_dim) {
+        return tiny_llm::kv_pool(num_blocks, block_size, n_kv_heads, head_dim);
+      },
+      "num_blocks"_a, "block_size"_a, "n_kv_heads"_a, "head_dim"_a,
+      "One layer's paged key (or value) storage: float32 (num_blocks, block_size, n_kv_heads, head_dim),\n"
+      "uninitialized (evaluating it only allocates; pages are taken as blocks are first written).");
+  m.def(
+      "paged_write",
+      [](const mlx::core::array& k, const mlx::core::array& v, const mlx::core::array& k_pool,
+         const mlx::core::array& v_pool, const mlx::core::array& block_tables, const mlx::core::array& lengths,
+         const std::vector<mlx::core::array>& after) {
+        return tiny_llm::paged_write(k, v, k_pool, v_pool, block_tables, lengths, after);
+      },
+      "k"_a, "v"_a, "k_pool"_a, "v_pool"_a, "block_tables"_a, "lengths"_a,
+      "after"_a = std::vector<mlx::core::array>{},
+      "Row b's new keys/values k, v (B, H_kv, L, D) float32 are written IN PLACE into the pools\n"
+      "(num_blocks, block_size, H_kv, D) at its positions lengths[b] - L + i: block block_tables[b, p //\n"
+      "block_size], slot p % block_size (block_tables (B, T) int32, lengths (B,) int32, each 0 = an empty row\n"
+      "that stores nothing, or >= L). after: arrays to run after (earlier writers of the pools); not read.\n"
+      "Returns done, shape (0,): later users of the pools must follow it (mx.depends).");
+  m.def(
+      "paged_attention",
+      [](const mlx::core::array& q, const std::optional<mlx::core::array>& k,
+         const std::optional<mlx::core::array>& v, const mlx::core::array& k_pool, const mlx::core::array& v_pool,
+         const mlx::core::array& block_tables, const mlx::core::array& lengths, float scale, bool causal,
+         const std::vector<mlx::core::array>& after) {
+        return tiny_llm::paged_attention(q, k, v, k_pool, v_pool, block_tables, lengths, scale, causal, after);
+      },
+      "q"_a, "k"_a.none(), "v"_a.none(), "k_pool"_a, "v_pool"_a, "block_tables"_a, "lengths"_a, "scale"_a,
+      "causal"_a = true, "after"_a = std::vector<mlx::core::array>{},
+      "Attention of q (B, H, L, D) float32 over each row's keys, read through its block table (pools,\n"
+      "block_tables, lengths as paged_write): query i of row b sits at position lengths[b] - L + i and sees\n"
+      "keys 0 .. lengths[b] - 1 (up to its position when causal); GQA; an empty row gets zeros. k, v\n"
+      "(B, H_kv, L, D) or None: stored first, in place, as paged_write does. Online softmax over tiles of\n"
+      "64 keys (no (L, S) scores, no contiguous copy of the cache). Returns out (B, H, L, D), a view of a\n"
+      "(B, L, H, D) buffer; with k, v later users of the pools must follow it.");
+  m.def(
+      "paged_copy_blocks",
+      [](const mlx::core::array& k_pool, const mlx::core::array& v_pool, const std::vector<int>& src,
+         const std::vector<int>& dst, const std::vector<mlx::core::array>& after) {
+        return tiny_llm::paged_copy_blocks(k_pool, v_pool, src, dst, after);
+      },
+      "k_pool"_a, "v_pool"_a, "src"_a, "dst"_a, "after"_a = std::vector<mlx::core::array>{},
+      "Block dst[i] of both pools becomes a copy of block src[i], IN PLACE (each destination once, never a\n"
+      "source). Returns done, shape (0,), as paged_write.");
   m.def(
       "rms_norm",
       [](const mlx::core::array& x, const mlx::core::array& w, float eps) { return tiny_llm::rms_norm(x, w, eps); },

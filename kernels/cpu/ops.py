@@ -101,3 +101,47 @@ def rope(x: mx.array, inv_freq: mx.array, offset: int | mx.array = 0, traditiona
     if isinstance(offset, mx.array):
         return load().rope(x, inv_freq, 0, offset, traditional)
     return load().rope(x, inv_freq, offset, None, traditional)
+
+
+# ----- paged KV cache: the extension writes the pools in place and returns only its own output -----
+
+
+def kv_pool(num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int) -> mx.array:
+    # Uninitialized: evaluating it only allocates, so pages are taken as blocks are first written.
+    return load().kv_pool(num_blocks, block_size, n_kv_heads, head_dim)
+
+
+def paged_write(
+    k: mx.array,
+    v: mx.array,
+    k_pool: mx.array,
+    v_pool: mx.array,
+    block_tables: mx.array,
+    lengths: mx.array,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    done = load().paged_write(k, v, k_pool, v_pool, block_tables, lengths, list(after))
+    return done, (k_pool, v_pool)  # the same pools: written in place once `done` is evaluated
+
+
+def paged_attention(
+    q: mx.array,
+    k: mx.array | None,
+    v: mx.array | None,
+    k_pool: mx.array,
+    v_pool: mx.array,
+    block_tables: mx.array,
+    lengths: mx.array,
+    scale: float,
+    causal: bool = True,
+    after: Sequence[mx.array] = (),
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    out = load().paged_attention(q, k, v, k_pool, v_pool, block_tables, lengths, scale, causal, list(after))
+    return out, (k_pool, v_pool)
+
+
+def paged_copy_blocks(
+    k_pool: mx.array, v_pool: mx.array, src: list[int], dst: list[int], after: Sequence[mx.array] = ()
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    done = load().paged_copy_blocks(k_pool, v_pool, list(src), list(dst), list(after))
+    return done, (k_pool, v_pool)
