@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Tiny LLM Playground: http://{host}:{args.port}  (Ctrl+C to stop)", flush=True)
     try:
         launch(demo, host=args.host, port=args.port, quiet=True)
+    except KeyboardInterrupt:  # Ctrl+C before Gradio's own start-up check returned (it handles later ones)
+        demo.close()
+        print("stopped", flush=True)
     finally:
         engine.shutdown(timeout=2.0)
     return 0
