@@ -86,11 +86,11 @@ CSS = f"""
 .tok-swatch {{ display: inline-block; min-width: 1.8rem; text-align: center; font-size: 0.85rem;
     padding: 0 0.15rem; }}
 .tok-note {{ font-size: 0.95rem; color: #333; margin-top: 0.2rem; }}
-#batch-kpis .kpis {{ display: flex; gap: 0.5rem; flex-wrap: wrap; }}
-#batch-kpis .kpi {{ border-left: 6px solid; background: #f3f6f9; padding: 0.3rem 0.9rem; border-radius: 0.3rem;
+.kpis {{ display: flex; gap: 0.5rem; flex-wrap: wrap; }}
+.kpi {{ border-left: 6px solid; background: #f3f6f9; padding: 0.3rem 0.9rem; border-radius: 0.3rem;
     min-width: 6.5rem; }}
-#batch-kpis .kpi-v {{ font-size: 1.8rem; font-weight: 700; font-variant-numeric: tabular-nums; color: {INK}; }}
-#batch-kpis .kpi-k {{ font-size: 0.95rem; color: #333; }}
+.kpi-v {{ font-size: 1.8rem; font-weight: 700; font-variant-numeric: tabular-nums; color: {INK}; }}
+.kpi-k {{ font-size: 0.95rem; color: #333; }}
 #demo-status {{ margin-top: 0.5rem; }}
 .demo-title {{ font-size: 1.15rem; font-weight: 600; padding: 0.4rem 0.6rem 0; color: {INK}; }}
 .req-table, .course-table {{ border-collapse: collapse; width: 100%; font-size: 1.02rem; }}

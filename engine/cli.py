@@ -100,7 +100,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     lm = load_model(args.model, backend=args.backend, quant=args.quant)
     ids = _prompt_ids(lm, args)
     finish = None
-    kv = {"kv_cache": args.kv_cache, "block_size": args.block_size}
+    kv = {"kv_cache": args.kv_cache, "block_size": args.block_size, "batch_invariant": args.batch_invariant}
     for ev in generate(lm.model, lm.tokenizer, ids, params, use_cache=not args.no_cache, **kv):
         if isinstance(ev, FinishEvent):
             finish = ev
@@ -155,7 +155,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         contend_gen=args.contend_gen, peer_gen=args.peer_gen, peer_gguf=args.peer_gguf, threads=args.threads,
         no_cache_tokens=args.no_cache_tokens, no_cache_requests=args.no_cache_requests, kv_cache=args.kv_cache,
         block_size=args.block_size, prefix_caching=not args.no_prefix_cache, kv_pool_tokens=args.kv_pool_tokens,
-        workload=args.workload, system_tokens=args.system_tokens,
+        workload=args.workload, system_tokens=args.system_tokens, batch_invariant=args.batch_invariant,
     )  # fmt: skip
     res = run_bench(opts, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     text = json.dumps(res, indent=1)
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + (", or both (paged, a dense engine measured beside it)" if both else ""))  # fmt: skip
         sp.add_argument("--block-size", type=int, default=16, help="tokens per block of the paged cache (16)")
         sp.add_argument("--no-prefix-cache", action="store_true", help="paged: never share computed blocks")
+        sp.add_argument("--batch-invariant", action="store_true",
+                        help="one kernel path for any number of rows: a request's tokens do not depend on the"
+                        " batch it runs in (slower prefill on CPUs without an int8 GEMM)")  # fmt: skip
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default=default_model(), help="manifest name or model folder")

@@ -40,9 +40,11 @@ def generate(
     use_cache: bool = True,
     kv_cache: str = "paged",
     block_size: int = 16,
+    batch_invariant: bool = False,
 ) -> Iterator[TokenEvent | FinishEvent]:
     """Stream tokens for one prompt. Stops on an EOS token (unless `params.ignore_eos`), a stop string, or
-    max_tokens / the context. kv_cache: "paged" (blocks of `block_size` tokens) or "dense". Raises
+    max_tokens / the context. kv_cache: "paged" (blocks of `block_size` tokens) or "dense"; batch_invariant:
+    EngineConfig.batch_invariant (the prompt's forward then rounds as the decode steps do). Raises
     PromptError for an empty prompt or one that fills the context; an error inside a forward or the
     sampler comes out as it was raised."""
     events: deque[RequestEvent] = deque()
@@ -51,7 +53,7 @@ def generate(
     n = len(seq.prompt_ids)  # the whole prompt in the first step, as one forward
     config = EngineConfig(max_batch=1, max_waiting=1, prefill_chunk=n, max_tokens_per_step=n,
                           cache_tokens=seq.cache_need, recent_steps=0, kv_cache=kv_cache,
-                          block_size=block_size)  # fmt: skip
+                          block_size=block_size, batch_invariant=batch_invariant)  # fmt: skip
     core = EngineCore(model, config, use_cache=use_cache, raise_errors=True)
     core.add(seq)
     while core.has_work:

@@ -9,7 +9,9 @@ kernels/cuda/) take the same arguments and trust them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import mlx.core as mx
 
@@ -21,6 +23,8 @@ __all__ = [
     "OPS",
     "available_backends",
     "backend_for",
+    "batch_invariant",
+    "batch_invariant_on",
     "decode_attention_rows",
     "flash_attention",
     "for_backend",
@@ -75,6 +79,30 @@ def _check_linear(x: mx.array, w: mx.array, b: mx.array | None) -> None:
             raise ValueError(f"linear: {name} must be a floating dtype, got {a.dtype}")
 
 
+_mode = threading.local()
+
+
+@contextmanager
+def batch_invariant(on: bool = True) -> Iterator[None]:
+    """Ops built inside (on this thread) compute each row of the linear layers with one kernel path for
+    every number of rows, so a token's numbers do not depend on what else is in the batch: a decode step
+    of 3 rows or 16, a prefill chunk, a recompute after preemption give the same bits (vLLM's and SGLang's
+    batch-invariant / deterministic mode). Slower where the fastest path depends on M (the prefill's
+    GEMM on CPUs without an int8 GEMM). Attention is batch invariant always. The cpu backend keeps it;
+    ref has one path per op already (mx's own matmul)."""
+    before = getattr(_mode, "batch_invariant", False)
+    _mode.batch_invariant = on
+    try:
+        yield
+    finally:
+        _mode.batch_invariant = before
+
+
+def batch_invariant_on() -> bool:
+    """Whether ops built now on this thread are batch invariant (see `batch_invariant`)."""
+    return getattr(_mode, "batch_invariant", False)
+
+
 def linear(x: mx.array, w: mx.array, b: mx.array | None = None, *, backend: str | None = None) -> mx.array:
     """y = x @ w.T (+ b).
 
@@ -86,7 +114,7 @@ def linear(x: mx.array, w: mx.array, b: mx.array | None = None, *, backend: str 
     """
     _check_linear(x, w, b)
     all_f32 = x.dtype == mx.float32 and w.dtype == mx.float32 and (b is None or b.dtype == mx.float32)
-    return registry.select("linear", backend, float32=all_f32)(x, w, b)
+    return registry.select("linear", backend, float32=all_f32)(x, w, b, batch_invariant=batch_invariant_on())
 
 
 def _check_quantized_linear(x: mx.array, qw: QuantizedWeight, b: mx.array | None) -> None:
@@ -153,7 +181,7 @@ def quantized_linear(
     backend can't run here.
     """
     _check_quantized_linear(x, qw, b)
-    return registry.select("quantized_linear", backend)(x, qw, b)
+    return registry.select("quantized_linear", backend)(x, qw, b, batch_invariant=batch_invariant_on())
 
 
 def _check_attention(

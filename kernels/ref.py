@@ -11,15 +11,16 @@ from __future__ import annotations
 import mlx.core as mx
 
 
-def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:
-    """y = x @ w.T (+ b). x: (..., K), w: (N, K), b: (N,) or None -> (..., N)."""
+def linear(x: mx.array, w: mx.array, b: mx.array | None = None, batch_invariant: bool = False) -> mx.array:
+    """y = x @ w.T (+ b). x: (..., K), w: (N, K), b: (N,) or None -> (..., N). One path for every M already
+    (batch_invariant changes nothing here)."""
     y = x @ w.T  # (..., N)
     if b is not None:
         y = y + b  # (..., N)
     return y
 
 
-def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
+def quantized_linear(x: mx.array, qw, b: mx.array | None = None, batch_invariant: bool = False) -> mx.array:
     """y = x @ dequantize(qw).T (+ b): dequantize the whole matrix, then the float linear above.
     x: (..., K), qw: kernels.quant.QuantizedWeight of shape (N, K), b: (N,) or None -> (..., N).
     For q8_0 and q5_0, x is first rounded to Q8_0 blocks (kernels.quant.round_activations_q8), as the kernels

@@ -32,6 +32,8 @@ class ScriptedArgs:
     vocab_size: int
     max_position_embeddings: int
     num_hidden_layers: int = 1
+    num_key_value_heads: int = 1  # one number per token: its id (see _rows)
+    head_dim: int = 1
 
 
 class ScriptedModel:

@@ -173,10 +173,15 @@ def summary_html(snap: Any) -> str:
         ("served", snap.served, SKY),
         ("tok/s (recent)", f"{snap.tokens_per_s:.1f}", VERMILLION),
     ]
+    state = "ready" if snap.ready else "loading…"
+    return kpi_cards(items, f'data-state="{state}"')
+
+
+def kpi_cards(items: Sequence[tuple[str, Any, str]], attrs: str = "") -> str:
+    """A row of headline numbers: (label, value, colour of its left edge) each, big value over small label."""
     cells = "".join(
         f'<div class="kpi" style="border-color:{c}"><div class="kpi-v">{html.escape(str(v))}</div>'
         f'<div class="kpi-k">{html.escape(k)}</div></div>'
         for k, v, c in items
     )
-    state = "ready" if snap.ready else "loading…"
-    return f'<div class="kpis" data-state="{state}">{cells}</div>'
+    return f'<div class="kpis" {attrs}>{cells}</div>'

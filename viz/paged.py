@@ -17,7 +17,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from tiny_llm_playground.viz.batching import request_label
+from tiny_llm_playground.viz.batching import kpi_cards, request_label
 from tiny_llm_playground.viz.layout import GREEN, INK, OKABE_ITO, ORANGE, SKY, VERMILLION, message_figure, style
 
 FREE, CACHED, SHARED = "#e6e6e6", "#bcd9ee", INK
@@ -118,12 +118,7 @@ def pool_summary_html(pool: Any) -> str:
         ("preemptions", pool.preemptions, VERMILLION),
         ("fragmentation", f"{100 * fragmentation(pool):.0f} %", ORANGE),
     ]
-    cells = "".join(
-        f'<div class="kpi" style="border-color:{c}"><div class="kpi-v">{html.escape(str(v))}</div>'
-        f'<div class="kpi-k">{html.escape(k)}</div></div>'
-        for k, v, c in items
-    )
-    return f'<div class="kpis pool-kpis">{cells}</div>'
+    return kpi_cards(items, 'data-pool="1"')
 
 
 def block_tables_html(requests: Sequence[Any], labels: Mapping[int, str] | None = None, limit: int = 12) -> str:

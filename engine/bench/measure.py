@@ -61,6 +61,9 @@ def finish_of(handle: RequestHandle, gen: int) -> FinishEvent:
 
 
 def single_stream(engine: Engine, ids: list[int], gen: int) -> StreamRun:
+    """One request alone. Every measurement starts with an empty prefix cache: the reps repeat their
+    prompts, and a hit would time the cache instead of the prefill."""
+    engine.reset_prefix_cache()
     fin = finish_of(engine.submit(ids, bench_params(gen)), gen)
     return StreamRun(fin.prefill_tps, fin.decode_tps, fin.ttft_s, fin.token_ids)
 
@@ -69,6 +72,7 @@ def concurrent(engine: Engine, prompts: list[list[int]], gen: int, *, stagger_fi
     """N requests submitted at once. stagger_first: the first alone until its first token (its prompt is
     then computed and in the prefix cache), then the others at once (a class asking under one prompt)."""
     params = bench_params(gen)
+    engine.reset_prefix_cache()  # cold, as in single_stream
     t0 = time.perf_counter()
     handles = [engine.submit(prompts[0], params)]
     fins: list[FinishEvent] = []

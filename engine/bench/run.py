@@ -88,6 +88,7 @@ class BenchOptions:
     kv_pool_tokens: int | None = None  # cap the cache (None: room for every request)
     workload: str = "default"  # default | shared-prefix
     system_tokens: int = 1024  # shared-prefix: the system prompt every request starts with
+    batch_invariant: bool = False  # every engine of the run in batch-invariant mode (EngineConfig)
 
     def __post_init__(self) -> None:
         checks = [
@@ -198,6 +199,7 @@ def _config(opts: BenchOptions, **over):
         "kv_cache": "paged" if opts.kv_cache == "both" else opts.kv_cache,
         "block_size": opts.block_size,
         "prefix_caching": opts.prefix_caching,
+        "batch_invariant": opts.batch_invariant,
     }
     return EngineConfig(**{**fields, **over})
 
@@ -261,7 +263,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
                                  f" + --gen {G} exceed the model's context ({context})")  # fmt: skip
             shared = kv.shared_prefix(engine, off, lm.tokenizer, n, G, opts.system_tokens, log)
             rss = rss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-            return _shared_result(opts, lm, shared, rss, config)
+            return _shared_result(opts, lm, shared, rss, config, engine.snapshot().blocks.num_blocks)
 
         dense = twin("dense KV cache", kv_cache="dense") if opts.kv_cache == "both" else None
         eng_runs, peer_runs, dense_runs = _single_stream_phase(opts, engine, peer, ids0, log, dense)
@@ -326,35 +328,51 @@ def _capped_phase(engine, ref, prompts, opts: BenchOptions, levels: list[dict], 
     out = []
     for lv in levels:
         r = measure.concurrent(ref, prompts[: lv["n"]], opts.gen)
-        same = [list(t) for t in r.token_ids] == lv["token_ids"]
-        out.append({"n": lv["n"], "identical_to_uncapped": same, "preemptions": lv["preemptions"]})
+        agree = [_agreeing(list(a), b) for a, b in zip(r.token_ids, lv["token_ids"], strict=True)]
+        same = all(n == opts.gen for n in agree)
+        out.append({"n": lv["n"], "identical_to_uncapped": same, "preemptions": lv["preemptions"],
+                    "agreeing_tokens": agree})  # fmt: skip
         log(
             f"  capped pool, {lv['n']} requests: outputs identical to uncapped: {same}, preemptions {lv['preemptions']}"
         )
     state = kv.kv_state(engine)
     return {
         "pool_tokens": opts.kv_pool_tokens,
+        "batch_invariant": opts.batch_invariant,
+        "gen": opts.gen,
         "levels": out,
         "pool_full_after": state is None or state["in_use_after"] == 0,
     }
 
 
-def _shared_result(opts: BenchOptions, lm, shared: dict, rss: int, config) -> dict:
-    res = {
+def _agreeing(a: list[int], b: list[int]) -> int:
+    """How many tokens two outputs agree on before their first difference."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _result_header(command: str) -> dict:
+    """What every bench JSON starts with: schema, command, time and the machine."""
+    return {
         "schema": 1,
-        "command": "tinyllm bench --workload shared-prefix",
+        "command": command,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cores": cpu_cores(),
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
+    }
+
+
+def _shared_result(opts: BenchOptions, lm, shared: dict, rss: int, config, pool_blocks: int) -> dict:
+    res = {
+        **_result_header("tinyllm bench --workload shared-prefix"),
         "model": lm.name,
         "quant": lm.quant,
         "workload": "shared-prefix",
         "max_batch": config.max_batch,
-        "kv": {"cache": config.kv_cache, "block_size": config.block_size, "pool_blocks": config.pool_blocks},
+        "kv": {"cache": config.kv_cache, "block_size": config.block_size, "pool_blocks": pool_blocks},
         "shared_prefix": shared,
         "peak_rss_bytes": rss,
         "notes": [
@@ -490,15 +508,7 @@ def _result(opts, lm, threads, ids0, eng_runs, levels, est, contention, rss, pee
             f" single-stream median ({opts.gen} tokens)"
         )
     return {
-        "schema": 1,
-        "command": "tinyllm bench",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cores": cpu_cores(),
-            "python": platform.python_version(),
-        },
+        **_result_header("tinyllm bench"),
         "model": lm.name,
         "model_path": str(lm.path),
         "quant": lm.quant,

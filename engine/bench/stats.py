@@ -241,7 +241,13 @@ def kv_checks(res: dict) -> list[Check]:
     if capped:
         same = all(lv["identical_to_uncapped"] for lv in capped["levels"])
         pre = sum(lv["preemptions"] for lv in capped["levels"])
-        out.append(Check("capped pool: outputs equal the uncapped run", "identical", float(same), same))
+        if capped.get("batch_invariant"):
+            out.append(Check("capped pool: outputs equal the uncapped run", "identical", float(same), same))
+        else:  # the batch mix differs between the runs, and with it the rounding of the fast kernels
+            agree = [n for lv in capped["levels"] for n in lv["agreeing_tokens"]]
+            whole = sum(n == capped["gen"] for n in agree)
+            note = f"needs --batch-invariant; here {whole} of {len(agree)} agree on every token"
+            out.append(Check("capped pool: outputs equal the uncapped run", "identical", float(same), None, note))
         out.append(Check("capped pool: preemptions", "> 0", float(pre), pre > 0))
         out.append(Check("capped pool: whole again afterwards", "yes", float(capped["pool_full_after"]),
                          capped["pool_full_after"]))  # fmt: skip

@@ -302,6 +302,18 @@ class BlockManager:
             self._release(blk)
         self._note_held()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached block no sequence holds (they become plain free blocks), so the next prompts
+        start cold; blocks in use keep their hashes. Returns how many were forgotten (vLLM's
+        reset_prefix_cache; the bench uses it to time prefill without hits)."""
+        n = len(self._lru)
+        for blk in self._lru:
+            del self._by_hash[self._hash[blk]]
+            self._hash[blk] = self._tokens[blk] = None
+            self._freed.append(blk)
+        self._lru.clear()
+        return n
+
     def preempt(self, handle: int) -> None:
         """Free `handle`'s blocks to make room for older sequences (it will be recomputed)."""
         self.free(handle)

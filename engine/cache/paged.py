@@ -22,6 +22,11 @@ from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.cache.base import KVCache
 
 
+def kv_token_bytes(args) -> int:
+    """Bytes one token's keys and values take in a paged pool over every layer (the pools are float32)."""
+    return 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * 4
+
+
 class PagedKVPool:
     """Every layer's keys and values of a paged cache, made at the first write (its shape is the keys')."""
 

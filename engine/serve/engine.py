@@ -222,6 +222,10 @@ class Engine:
             self._cv.notify()
         return call.future.result(timeout)
 
+    def reset_prefix_cache(self, timeout: float | None = None) -> int:
+        """Forget every cached prefix block that no request holds, between steps; returns how many."""
+        return self.run_on_engine_thread(lambda _: self._core.reset_prefix_cache(), timeout)
+
     def warm_up(self, timeout: float | None = None) -> float:
         """Generate two tokens for a short chat prompt, outside the batch (snapshots show nothing), so the
         first real request does not pay the one-off costs: compiling the chat template, MLX's first

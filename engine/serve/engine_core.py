@@ -17,6 +17,7 @@ from collections import deque
 import numpy as np
 
 from tiny_llm_playground.engine.cache import BlockManager, KVAllocator, SlotPool
+from tiny_llm_playground.engine.cache.paged import kv_token_bytes
 from tiny_llm_playground.engine.events import StepEvent
 from tiny_llm_playground.engine.models import CausalLM
 from tiny_llm_playground.engine.serve.config import EngineConfig
@@ -39,18 +40,24 @@ class EngineCore:
         self.raise_errors = raise_errors
         self.pool: KVAllocator
         if c.kv_cache == "paged":
-            self.pool = BlockManager(c.pool_blocks, c.block_size, prefix_caching=c.prefix_caching)
+            blocks = c.pool_blocks(kv_token_bytes(model.args))
+            self.pool = BlockManager(blocks, c.block_size, prefix_caching=c.prefix_caching)
         else:
             self.pool = SlotPool(c.max_batch, c.cache_tokens)
         self.scheduler = Scheduler(c, self.pool)
         blocks = self.pool if isinstance(self.pool, BlockManager) else None
-        self.runner = ModelRunner(model, use_cache=use_cache, blocks=blocks, backend=getattr(model, "backend", None))
+        self.runner = ModelRunner(model, use_cache=use_cache, blocks=blocks, backend=getattr(model, "backend", None),
+                                  batch_invariant=c.batch_invariant)  # fmt: skip
         self.steps: deque[StepEvent] = deque(maxlen=self.config.recent_steps)
         self._index = 0
 
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
+
+    def reset_prefix_cache(self) -> int:
+        """Forget the paged pool's cached free blocks (0 with the dense cache); returns how many."""
+        return self.pool.reset_prefix_cache() if isinstance(self.pool, BlockManager) else 0
 
     def check(self, seq: Sequence) -> None:
         """ValueError if `seq` could never be served here (it would not fit in the cache even alone)."""

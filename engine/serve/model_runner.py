@@ -20,6 +20,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from tiny_llm_playground import kernels
 from tiny_llm_playground.engine.cache import BlockManager, DenseKVBuffer, DenseKVCache, KVCache, PagedKVCache
 from tiny_llm_playground.engine.cache.paged import PagedKVPool
 from tiny_llm_playground.engine.models import CausalLM
@@ -28,10 +29,18 @@ from tiny_llm_playground.engine.serve.sequence import Sequence
 
 class ModelRunner:
     def __init__(
-        self, model: CausalLM, *, use_cache: bool = True, blocks: BlockManager | None = None, backend=None
+        self,
+        model: CausalLM,
+        *,
+        use_cache: bool = True,
+        blocks: BlockManager | None = None,
+        backend=None,
+        batch_invariant: bool = False,
     ) -> None:
-        """blocks: the paged cache's block manager (None: dense per-sequence buffers)."""
+        """blocks: the paged cache's block manager (None: dense per-sequence buffers). batch_invariant: build
+        every forward under kernels.batch_invariant (EngineConfig.batch_invariant)."""
         self.model = model
+        self.batch_invariant = batch_invariant
         self.use_cache = use_cache
         self.blocks = blocks
         layers = model.args.num_hidden_layers
@@ -84,7 +93,8 @@ class ModelRunner:
         """Feed each sequence its last sampled token in one batched forward; logits (B, V) float32."""
         if self.use_cache:
             ids = mx.array([[s.next_input] for s in seqs])  # (B, 1)
-            logits = self.model(ids, self.caches(seqs, 1), last_only=True)[:, 0]  # (B, V)
+            with kernels.batch_invariant(self.batch_invariant):
+                logits = self.model(ids, self.caches(seqs, 1), last_only=True)[:, 0]  # (B, V)
         else:  # rows of different lengths, each recomputed from its first token
             logits = mx.concatenate([self.model(mx.array([s.history]), None, last_only=True)[:, 0] for s in seqs])
         mx.eval(logits)
@@ -101,10 +111,11 @@ class ModelRunner:
         ids = mx.array([s.prefill_ids[s.num_cached : s.num_cached + n] for s in seqs])  # (B, n)
         caches = self.caches(seqs, n)
         last = [s.num_cached + n == len(s.prefill_ids) for s in seqs]
-        if any(last):
-            out = self.model(ids, caches, last_only=True)[:, 0]  # (B, V)
-        else:
-            out = self.model.hidden_states(ids, caches)  # the vocab projection is not needed yet
+        with kernels.batch_invariant(self.batch_invariant):
+            if any(last):
+                out = self.model(ids, caches, last_only=True)[:, 0]  # (B, V)
+            else:
+                out = self.model.hidden_states(ids, caches)  # the vocab projection is not needed yet
         mx.eval(out)
         for s in seqs:
             s.num_cached += n

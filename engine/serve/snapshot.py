@@ -87,5 +87,6 @@ def engine_snapshot(core: EngineCore, *, model: str, served: int, timings: Itera
 def empty_snapshot(model: str, config: EngineConfig, *, ready: bool, waiting: tuple[int, ...]) -> EngineSnapshot:
     """Before the first step: nothing ran, the whole cache is free."""
     c = config
-    free = c.pool_blocks * c.block_size if c.kv_cache == "paged" else c.cache_tokens
+    blocks = c.kv_pool_blocks or -(-c.cache_tokens // c.block_size)  # a byte-sized pool: known once loaded
+    free = blocks * c.block_size if c.kv_cache == "paged" else c.cache_tokens
     return EngineSnapshot(model, ready, (), waiting, 0, c.max_batch, c.max_batch, free, (), (), 0.0, c)

@@ -119,29 +119,6 @@ TL_ATTR static inline __m256 vexp(__m256 x) {
 // registers); D must be a multiple of 8 (the driver sends other D to the compiled loops of Kn above).
 // rms_norm_row and swiglu stay Kn's.
 struct KnSimd : Kn {
-  // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each; two
-  // accumulators, as D / 8 FMAs in one chain would wait on each other).
-  template <class Rows>
-  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
-    for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = keys(j);
-      for (int64_t r = 0; r < R; ++r) {
-        const float* qr = Qs + r * D;
-        __m256 a0 = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
-        __m256 a1 = _mm256_setzero_ps();
-        int64_t d = 8;
-        for (; d + 16 <= D; d += 16) {
-          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
-          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d + 8), _mm256_loadu_ps(kj + d + 8), a0);
-        }
-        if (d < D) a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), a1);
-        S[r * kKeyTile + j] = hsum(_mm256_add_ps(a0, a1));
-      }
-    }
-  }
-
-  // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 16 keys of scores
-  // live in 8 registers while d runs (the AVX-512 micro-kernel's 4 x 64 would need 32 of them).
   template <class Rows>
   TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
                                   float* Kt) {
@@ -188,13 +165,13 @@ struct KnSimd : Kn {
     }
   }
 
+  // One path for every number of rows (decode too): each score is the same chain of FMAs over d, however
+  // many rows share the task, so a token's attention does not depend on the batch it is computed in
+  // (a decode step, a prefill chunk, a recompute after preemption). A dot-product path for few rows was
+  // no faster, and rounded differently.
   template <class Rows>
   TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
-    if (R < 16) {
-      scores_dot(Qs, R, D, keys, kn, S);
-    } else {
-      scores_gemm(Qs, R, D, keys, kn, S, Kt);
-    }
+    scores_gemm(Qs, R, D, keys, kn, S, Kt);
   }
 
   TL_ATTR static float row_max(const float* s, int64_t n) {
@@ -327,24 +304,6 @@ TL_ATTR static inline __m512 vexp(__m512 x) {
 struct Kn {
   static constexpr const char* name = "avx512";
 
-  // Few rows (decode): per key, load k_j once and take R dot products (one horizontal sum each).
-  template <class Rows>
-  TL_ATTR static void scores_dot(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S) {
-    for (int64_t j = 0; j < kn; ++j) {
-      const float* kj = keys(j);
-      for (int64_t r = 0; r < R; ++r) {
-        const float* qr = Qs + r * D;
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
-        for (int64_t d = 16; d < D; d += 16) {
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_loadu_ps(kj + d), acc);
-        }
-        S[r * kKeyTile + j] = hsum(acc);
-      }
-    }
-  }
-
-  // Many rows (prefill): transpose the key tile to (D, kKeyTile) once, then 4 rows x 64 keys of
-  // scores live in 16 registers while d runs (a small GEMM micro-kernel, no horizontal sums).
   template <class Rows>
   TL_ATTR static void scores_gemm(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S,
                                   float* Kt) {
@@ -386,13 +345,13 @@ struct Kn {
     }
   }
 
+  // One path for every number of rows (decode too): each score is the same chain of FMAs over d, however
+  // many rows share the task, so a token's attention does not depend on the batch it is computed in
+  // (a decode step, a prefill chunk, a recompute after preemption). A dot-product path for few rows was
+  // no faster, and rounded differently.
   template <class Rows>
   TL_ATTR static void scores(const float* Qs, int64_t R, int64_t D, Rows keys, int64_t kn, float* S, float* Kt) {
-    if (R < 16) {
-      scores_dot(Qs, R, D, keys, kn, S);
-    } else {
-      scores_gemm(Qs, R, D, keys, kn, S, Kt);
-    }
+    scores_gemm(Qs, R, D, keys, kn, S, Kt);
   }
 
   TL_ATTR static float row_max(const float* s, int64_t n) {

@@ -23,26 +23,27 @@ NB_MODULE(_ext, m) {
 
   m.def(
       "linear",
-      [](const mlx::core::array& x, const mlx::core::array& w,
-         const std::optional<mlx::core::array>& b) { return tiny_llm::linear(x, w, b); },
-      "x"_a, "w"_a, "b"_a = nb::none(),
+      [](const mlx::core::array& x, const mlx::core::array& w, const std::optional<mlx::core::array>& b,
+         bool batch_invariant) { return tiny_llm::linear(x, w, b, batch_invariant); },
+      "x"_a, "w"_a, "b"_a = nb::none(), "batch_invariant"_a = false,
       "y = x @ w.T (+ b). x: (M, K) float32, w: (N, K) float32, b: (N,) float32 or None -> (M, N).\n"
       "Runs on the cpu stream; lazy like any mlx op.");
   m.def(
       "quantized_linear",
       [](const mlx::core::array& x, const mlx::core::array& q, const std::optional<mlx::core::array>& scales,
          const std::optional<mlx::core::array>& biases, const std::optional<mlx::core::array>& b,
-         const std::string& format, const std::optional<mlx::core::array>& high) {
-        return tiny_llm::quantized_linear(x, q, scales, biases, b, format, high);
+         const std::string& format, const std::optional<mlx::core::array>& high, bool batch_invariant) {
+        return tiny_llm::quantized_linear(x, q, scales, biases, b, format, high, batch_invariant);
       },
       "x"_a, "q"_a, "scales"_a = nb::none(), "biases"_a = nb::none(), "b"_a = nb::none(), "format"_a = "q8_0",
-      "high"_a = nb::none(),
+      "high"_a = nb::none(), "batch_invariant"_a = false,
       "y = x @ dequantize(w).T (+ b). x: (M, K) float32; format 'q8_0': q int8 (N, K), scales float16\n"
       "(N, K/32); 'q5_0': q uint8 (N, K/2), scales float16 (N, K/32), high uint32 (N, K/32);\n"
       "'affine4': q uint32 (N, K/8), scales/biases (N, K/64), both float16 or both float32 (read as\n"
       "stored); 'q8_0x16' / 'q5_0x16': q uint8 (N/16, K/32, 544) / (N/16, K/64, 704) only (AVX-512\n"
       "VNNI) -> (M, N) float32. q8_0, q5_0 and their panel formats round x to Q8_0 blocks (int8 dot\n"
-      "products per block).");
+      "products per block). batch_invariant: one kernel path for every M, so each row's result is the\n"
+      "same bits whatever the other rows are.");
   m.def(
       "flash_attention",
       [](const mlx::core::array& q, const mlx::core::array& k, const mlx::core::array& v, float scale,

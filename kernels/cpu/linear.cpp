@@ -374,7 +374,7 @@ static constexpr int64_t kSkinnyMaxM = 8;
 static constexpr double kMinParallelFlops = 2.0e5;
 
 void linear_f32(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t N,
-                int64_t K) {
+                int64_t K, bool batch_invariant) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {  // empty sum: y = b (or 0)
     for (int64_t m = 0; m < M; ++m)
@@ -387,7 +387,7 @@ void linear_f32(const float* x, const float* w, const float* b, float* y, int64_
   const int max_threads = flops < kMinParallelFlops ? 1 : 0;
   const int64_t threads = max_threads == 1 ? 1 : pool.size();
 
-  if (M < kSkinnyMaxM) {
+  if (M < kSkinnyMaxM || batch_invariant) {
     // Tasks of ~32 KB of weight rows (multiple of 8 rows), enough of them to balance the threads.
     int64_t rows = std::max<int64_t>(8, (32 * 1024 / (4 * K)) / 8 * 8);
     const int64_t balanced = ((N + 8 * threads - 1) / (8 * threads) + 7) / 8 * 8;
@@ -437,7 +437,7 @@ void linear_f32(const float* x, const float* w, const float* b, float* y, int64_
 // Op and Primitive
 
 mx::array linear(const mx::array& x, const mx::array& w, const std::optional<mx::array>& b,
-                 mx::StreamOrDevice s) {
+                 bool batch_invariant, mx::StreamOrDevice s) {
   auto shape_str = [](const mx::array& a) {
     std::string out = "(";
     for (size_t i = 0; i < a.ndim(); ++i) out += (i ? ", " : "") + std::to_string(a.shape(i));
@@ -462,7 +462,7 @@ mx::array linear(const mx::array& x, const mx::array& w, const std::optional<mx:
   std::vector<mx::array> inputs = {mx::contiguous(x, false, st), mx::contiguous(w, false, st)};
   if (b) inputs.push_back(mx::contiguous(*b, false, st));
   return mx::array(mx::Shape{x.shape(0), w.shape(0)}, mx::float32,
-                   std::make_shared<Linear>(st, b.has_value()), std::move(inputs));
+                   std::make_shared<Linear>(st, b.has_value(), batch_invariant), std::move(inputs));
 }
 
 void Linear::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -484,7 +484,8 @@ void Linear::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::arra
   const float* bp = has_bias_ ? inputs[2].data<float>() : nullptr;
   float* yp = out.data<float>();
   const int64_t M = x.shape(0), K = x.shape(1), N = w.shape(0);
-  enc.dispatch([=]() { linear_f32(xp, wp, bp, yp, M, N, K); });
+  const bool inv = batch_invariant_;
+  enc.dispatch([=]() { linear_f32(xp, wp, bp, yp, M, N, K, inv); });
 }
 
 void Linear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
@@ -493,7 +494,7 @@ void Linear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
 
 bool Linear::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const Linear*>(&other);
-  return o != nullptr && o->has_bias_ == has_bias_;
+  return o != nullptr && o->has_bias_ == has_bias_ && o->batch_invariant_ == batch_invariant_;
 }
 
 std::vector<mx::Shape> Linear::output_shapes(const std::vector<mx::array>& inputs) {

@@ -20,12 +20,14 @@ namespace tiny_llm {
 namespace mx = mlx::core;
 
 // x: (M, K) float32, w: (N, K) float32, b: (N,) float32 or none -> (M, N) float32.
+// batch_invariant: the dot-product kernel for every M (else the GEMM from 8 rows, which rounds otherwise),
+// so a row of y is the same bits whatever other rows x holds.
 mx::array linear(const mx::array& x, const mx::array& w, const std::optional<mx::array>& b,
-                 mx::StreamOrDevice s = {});
+                 bool batch_invariant = false, mx::StreamOrDevice s = {});
 
 // Raw kernel on contiguous row-major buffers: y (M, N) = x (M, K) · w (N, K)^T + b (N) (b may be null).
 void linear_f32(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t N,
-                int64_t K);
+                int64_t K, bool batch_invariant = false);
 
 // Which instruction set the kernels dispatch to on this CPU: "avx512", "avx2" or "generic".
 std::string cpu_isa();
@@ -42,7 +44,8 @@ int num_threads();
 
 class Linear : public mx::Primitive {
  public:
-  Linear(mx::Stream stream, bool has_bias) : mx::Primitive(stream), has_bias_(has_bias) {}
+  Linear(mx::Stream stream, bool has_bias, bool batch_invariant)
+      : mx::Primitive(stream), has_bias_(has_bias), batch_invariant_(batch_invariant) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
@@ -53,6 +56,7 @@ class Linear : public mx::Primitive {
 
  private:
   bool has_bias_;
+  bool batch_invariant_;
 };
 
 }  // namespace tiny_llm

@@ -42,17 +42,19 @@ def preferred_layout(qw: QuantizedWeight) -> QuantizedWeight:
     return repack(qw)
 
 
-def linear(x: mx.array, w: mx.array, b: mx.array | None = None) -> mx.array:
+def linear(x: mx.array, w: mx.array, b: mx.array | None = None, batch_invariant: bool = False) -> mx.array:
     N, K = w.shape
     lead = x.shape[:-1]
-    y = load().linear(x.reshape(math.prod(lead), K), w, b)  # (M, N)
+    y = load().linear(x.reshape(math.prod(lead), K), w, b, batch_invariant)  # (M, N)
     return y.reshape(*lead, N)  # (..., N)
 
 
-def quantized_linear(x: mx.array, qw, b: mx.array | None = None) -> mx.array:
+def quantized_linear(x: mx.array, qw, b: mx.array | None = None, batch_invariant: bool = False) -> mx.array:
     N, K = qw.shape
     lead = x.shape[:-1]
-    y = load().quantized_linear(x.reshape(math.prod(lead), K), qw.q, qw.scales, qw.biases, b, qw.format, qw.high)
+    ext = load()
+    y = ext.quantized_linear(x.reshape(math.prod(lead), K), qw.q, qw.scales, qw.biases, b, qw.format, qw.high,
+                             batch_invariant)  # fmt: skip
     return y.reshape(*lead, N)  # (..., N)
 
 

@@ -8,6 +8,8 @@
 //    runs the float32 GEMM micro-kernel on it, so the dequantization is paid once per M rows.
 //  * AFFINE4 permutes x per group of 64 (even k, then odd k) once per call, matching the nibble
 //    order of the packed weights; the dot product is the same sum in another order.
+//  * batch_invariant: one path for every M (the int8 GEMM where the ISA has one, else the GEMV), so a
+//    row's result never depends on the other rows (the engine's batch-invariant mode).
 //  * All threading goes through tiny_llm::ThreadPool (blocking, never spinning).
 #include "quant.h"
 
@@ -112,7 +114,8 @@ static void qgemm(const KernelTable& t, ThreadPool& pool, QFormat f, const float
 
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
                           const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
-                          int64_t N, int64_t K, const float* scales_f32, const float* biases_f32) {
+                          int64_t N, int64_t K, const float* scales_f32, const float* biases_f32,
+                          bool batch_invariant) {
   if (M <= 0 || N <= 0) return;
   const KernelTable& t = active_kernels();
   ThreadPool& pool = ThreadPool::global();
@@ -158,8 +161,9 @@ void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uin
     return;
   }
   const bool int8 = f == QFormat::Q8_0 || f == QFormat::Q5_0;
-  const bool i8gemm = int8 && t.q_gemm != nullptr && qgemm_min_rows() > 0 && M >= qgemm_min_rows();
-  const bool gemv = !i8gemm && M < qgemv_max_rows();
+  const bool has_i8gemm = int8 && t.q_gemm != nullptr;
+  const bool i8gemm = has_i8gemm && (batch_invariant || (qgemm_min_rows() > 0 && M >= qgemm_min_rows()));
+  const bool gemv = !i8gemm && (batch_invariant || M < qgemv_max_rows());
   if (i8gemm) {
     qgemm(t, pool, f, x, q, scales, qh, b, y, M, N, K, max_threads);
     return;
@@ -270,7 +274,8 @@ static void expect_shape(const char* what, const mx::array& a, int64_t d0, int64
 
 mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::optional<mx::array>& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
-                           const std::string& format, const std::optional<mx::array>& high, mx::StreamOrDevice s) {
+                           const std::string& format, const std::optional<mx::array>& high, bool batch_invariant,
+                           mx::StreamOrDevice s) {
   QFormat f;
   if (format == "q8_0") {
     f = QFormat::Q8_0;
@@ -354,7 +359,7 @@ mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::op
   for (const mx::array* w : weights) inputs.push_back(mx::contiguous(*w, false, st));
   if (b) inputs.push_back(mx::contiguous(*b, false, st));
   return mx::array(mx::Shape{x.shape(0), static_cast<int>(N)}, mx::float32,
-                   std::make_shared<QuantizedLinear>(st, f, b.has_value()), std::move(inputs));
+                   std::make_shared<QuantizedLinear>(st, f, b.has_value(), batch_invariant), std::move(inputs));
 }
 
 void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -381,7 +386,8 @@ void QuantizedLinear::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   float* yp = out.data<float>();
   const int64_t M = inputs[0].shape(0), K = inputs[0].shape(1), N = out.shape(1);
   const QFormat f = format_;
-  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K, sfp, bfp); });
+  const bool inv = batch_invariant_;
+  enc.dispatch([=]() { quantized_linear_f32(f, xp, qp, sp, bip, qhp, bp, yp, M, N, K, sfp, bfp, inv); });
 }
 
 void QuantizedLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
@@ -390,7 +396,8 @@ void QuantizedLinear::eval_gpu(const std::vector<mx::array>&, std::vector<mx::ar
 
 bool QuantizedLinear::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const QuantizedLinear*>(&other);
-  return o != nullptr && o->format_ == format_ && o->has_bias_ == has_bias_;
+  return o != nullptr && o->format_ == format_ && o->has_bias_ == has_bias_ &&
+         o->batch_invariant_ == batch_invariant_;
 }
 
 std::vector<mx::Shape> QuantizedLinear::output_shapes(const std::vector<mx::array>& inputs) {

@@ -29,20 +29,22 @@ namespace mx = mlx::core;
 mx::array quantized_linear(const mx::array& x, const mx::array& q, const std::optional<mx::array>& scales,
                            const std::optional<mx::array>& biases, const std::optional<mx::array>& b,
                            const std::string& format, const std::optional<mx::array>& high = std::nullopt,
-                           mx::StreamOrDevice s = {});
+                           bool batch_invariant = false, mx::StreamOrDevice s = {});
 
 // Raw kernel on contiguous row-major buffers (see QGemvArgs for the layouts). AFFINE4 takes its scales
 // and biases either as fp16 bits (scales, biases) or as float32 (scales_f32, biases_f32, the fp16
-// pointers null).
+// pointers null). batch_invariant: one path for every M (the int8 GEMM where the ISA has one, else the
+// integer GEMV), so a row of y is the same bits whatever other rows x holds; otherwise M picks the
+// fastest path, and the GEMV and the dequantize + float GEMM round differently.
 void quantized_linear_f32(QFormat f, const float* x, const uint8_t* q, const uint16_t* scales,
                           const uint16_t* biases, const uint32_t* qh, const float* b, float* y, int64_t M,
                           int64_t N, int64_t K, const float* scales_f32 = nullptr,
-                          const float* biases_f32 = nullptr);
+                          const float* biases_f32 = nullptr, bool batch_invariant = false);
 
 class QuantizedLinear : public mx::Primitive {
  public:
-  QuantizedLinear(mx::Stream stream, QFormat format, bool has_bias)
-      : mx::Primitive(stream), format_(format), has_bias_(has_bias) {}
+  QuantizedLinear(mx::Stream stream, QFormat format, bool has_bias, bool batch_invariant)
+      : mx::Primitive(stream), format_(format), has_bias_(has_bias), batch_invariant_(batch_invariant) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
@@ -54,6 +56,7 @@ class QuantizedLinear : public mx::Primitive {
  private:
   QFormat format_;
   bool has_bias_;
+  bool batch_invariant_;
 };
 
 }  // namespace tiny_llm

@@ -356,14 +356,26 @@ def test_a_capped_pool_preempts_and_matches_the_uncapped_outputs(tiny_model_dir,
     # 4 requests of 14 + 4 tokens (2 blocks of 16 each, taken as the tokens arrive) in a pool of 3 blocks:
     # three start, and the oldest's second block must come from the newest.
     rc, out, err = bench(capsys, "--model", str(tiny_model_dir), *TINY, "--prompt-len", "14", "--requests", "4",
-                         "--kv-pool-tokens", "48", "--json")  # fmt: skip
+                         "--kv-pool-tokens", "48", "--batch-invariant", "--json")  # fmt: skip
     assert rc == 0, err
     res = json.loads(out)
     capped = res["capped"]
-    assert capped["pool_tokens"] == 48 and capped["pool_full_after"] is True
+    assert capped["pool_tokens"] == 48 and capped["pool_full_after"] is True and capped["batch_invariant"]
     assert capped["levels"][0]["identical_to_uncapped"] is True and capped["levels"][0]["preemptions"] > 0
+    assert capped["levels"][0]["agreeing_tokens"] == [capped["gen"]] * 4
     passed = {c["name"]: c["passed"] for c in res["checks"]}
     assert passed["capped pool: outputs equal the uncapped run"] and passed["capped pool: preemptions"]
+
+
+def test_without_batch_invariance_the_capped_check_says_what_it_needs():
+    from tiny_llm_playground.engine.bench.stats import kv_checks
+
+    level = {"n": 2, "identical_to_uncapped": False, "preemptions": 3, "agreeing_tokens": [8, 5]}
+    res = {
+        "capped": {"pool_tokens": 48, "batch_invariant": False, "gen": 8, "levels": [level], "pool_full_after": True}
+    }
+    check = {c.name: c for c in kv_checks(res)}["capped pool: outputs equal the uncapped run"]
+    assert check.passed is None and "needs --batch-invariant" in check.note and "1 of 2" in check.note
 
 
 def test_the_shared_prefix_workload_hits_the_system_prompt(tiny_model_dir, capsys):

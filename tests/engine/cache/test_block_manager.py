@@ -68,6 +68,21 @@ def test_freed_cached_blocks_are_reused_until_evicted_least_recently_used_first(
     assert bm.cached_prefix([3, 3, 4, 4, 9]) == 4  # the other prompt survives
 
 
+def test_reset_forgets_the_cached_free_blocks_only():
+    bm = BlockManager(6, block_size=2)
+    run(bm, 1, [1, 1, 2, 2])
+    run(bm, 2, [3, 3, 4, 4, 5])
+    bm.free(1)
+    assert bm.state().cached_free == 2
+    assert bm.reset_prefix_cache() == 2
+    state = bm.state()
+    assert state.cached_free == 0 and state.free == 6 - state.in_use and bm.free_blocks == 6 - state.in_use
+    assert bm.cached_prefix([1, 1, 2, 2, 9]) == 0, "forgotten"
+    assert bm.cached_prefix([3, 3, 4, 4, 9]) == 4, "a live sequence's blocks stay hits"
+    bm.free(2)
+    assert bm.state().cached_free == 2 and bm.full
+
+
 def test_a_hash_hit_with_other_tokens_is_not_a_hit(monkeypatch):
     bm = BlockManager(8, block_size=2)
     monkeypatch.setattr(BlockManager, "_chain", staticmethod(lambda parent, tokens: 42))  # every block collides
@@ -154,6 +169,11 @@ class BlockManagerMachine(RuleBasedStateMachine):
         handle = data.draw(st.sampled_from(sorted(self.live)))
         (self.bm.preempt if preempt else self.bm.free)(handle)
         del self.live[handle]
+
+    @rule()
+    def reset(self):
+        self.bm.reset_prefix_cache()
+        assert self.bm.state().cached_free == 0
 
     @invariant()
     def holdings_match_ref_counts(self):

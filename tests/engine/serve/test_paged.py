@@ -113,6 +113,11 @@ def test_requests_sharing_a_system_prompt_hit_its_blocks_and_match_the_reference
     state = core.pool.state()
     assert state.prefix_hit_tokens == sum(cached)
     assert (state.cached_free > 0) == prefix_caching  # the system prompt's blocks stay cached
+    assert core.reset_prefix_cache() == state.cached_free
+    again: list = []
+    core.add(Sequence(5, prompts[1], GREEDY, context=128, emit=again.append))
+    core.run()
+    assert again[-1].cached_prompt_tokens == 0 and again[-1].token_ids == finals[1].token_ids, "cold after reset"
 
 
 def test_a_prompt_seen_before_in_full_recomputes_only_its_last_token(tiny_lm):
@@ -149,3 +154,22 @@ def test_a_request_larger_than_the_pool_is_refused_and_the_engine_keeps_serving(
     core.add(Sequence(1, [1, 2, 3], SamplingParams(temperature=0, max_tokens=4), context=128, emit=events.append))
     core.run()
     assert isinstance(events[-1], FinishEvent) and sum(isinstance(e, TokenEvent) for e in events) <= 4
+
+
+def test_the_pool_can_be_sized_in_bytes(tiny_lm):
+    from tiny_llm_playground.engine.cache.paged import kv_token_bytes
+
+    args = tiny_lm.model.args
+    token = kv_token_bytes(args)
+    assert token == 2 * args.num_hidden_layers * args.num_key_value_heads * args.head_dim * 4
+    core = EngineCore(tiny_lm.model, EngineConfig(kv_pool_bytes=5 * 16 * token + 7, block_size=16))
+    assert core.pool.num_blocks == 5, "rounded down to whole blocks"
+    with pytest.raises(ValueError, match="holds no block"):
+        EngineCore(tiny_lm.model, EngineConfig(kv_pool_bytes=16 * token - 1, block_size=16))
+    with pytest.raises(ValueError, match="not both"):
+        EngineConfig(kv_pool_blocks=4, kv_pool_bytes=1 << 20)
+    events: list = []
+    core.add(Sequence(1, [1, 2, 3], SamplingParams(temperature=0, max_tokens=4), context=128, emit=events.append))
+    core.run()
+    assert isinstance(events[-1], FinishEvent)
+    assert core.runner.pool.block_nbytes == 16 * token, "the pool's arrays take what kv_token_bytes says"
