@@ -267,8 +267,11 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict:
 
         dense = twin("dense KV cache", kv_cache="dense") if opts.kv_cache == "both" else None
         eng_runs, peer_runs, dense_runs = _single_stream_phase(opts, engine, peer, ids0, log, dense)
-        levels = [_level(engine, prompts[:n], G, log) for n in opts.requests]
-        dense_levels = [_level(dense, prompts[:n], G, log, "dense") for n in opts.requests] if dense else None
+        levels, dense_levels = [], [] if dense else None
+        for n in opts.requests:  # level by level, the dense engine right after: the machine drifts
+            levels.append(_level(engine, prompts[:n], G, log))
+            if dense:
+                dense_levels.append(_level(dense, prompts[:n], G, log, "dense"))
         capped = None
         if opts.kv_pool_tokens is not None:
             ref = twin("the same cache, uncapped", cache_tokens=max(65536, n_max * (P + G)), kv_pool_blocks=None)
