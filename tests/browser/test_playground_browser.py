@@ -215,15 +215,13 @@ def test_shared_prefix_demo_shows_shared_blocks_in_the_grid(page):
     page.wait_for_function("() => (document.querySelector('#demo-status')?.innerText || '').includes('Shared-prefix')",
                            timeout=REPLY_TIMEOUT_MS)  # fmt: skip
     # Shared blocks: the grid's subtitle counts them ("N shared by several requests"), cells print the count.
-    page.wait_for_function(
-        POOL_TITLE[:-2] + " && /([1-9][0-9]*) shared by/.test(gd.layout.title.text); }", timeout=REPLY_TIMEOUT_MS
-    )
+    page.wait_for_function(f"() => /[1-9][0-9]* shared by/.test(({POOL_TITLE})())", timeout=REPLY_TIMEOUT_MS)
     shared_title = page.evaluate(POOL_TITLE)
     assert shared_title != first
     page.wait_for_function(f"() => ({HIT_RATE})() > 0", timeout=UI_TIMEOUT_MS)
     # ...and the grid keeps redrawing while the requests decode (blocks in use change as they grow).
     page.wait_for_function(f"() => ({POOL_TITLE})() !== {json.dumps(shared_title)}", timeout=REPLY_TIMEOUT_MS)
-    page.locator("#batch-paged").scroll_into_view_if_needed()
+    page.locator("#pool-grid").first.scroll_into_view_if_needed()
     time.sleep(1)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "paged.png"))

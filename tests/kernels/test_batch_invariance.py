@@ -15,27 +15,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from tests.utils import require
 from tiny_llm_playground import kernels
 from tiny_llm_playground.kernels import cpu as kcpu
 
 ROWS = (1, 3, 5, 8, 17, 40)
-
-
-@pytest.fixture
-def isas():
-    """`for isa in isas():` once per ISA the extension runs here; the active one is restored after."""
-    require("cpu")
-    ext = kcpu.load()
-    before = ext.cpu_isa()
-
-    def each():
-        for isa in ext.supported_isas():
-            ext.set_isa(isa)
-            yield isa
-
-    yield each
-    ext.set_isa(before)
 
 
 def _rows_alone_and_batched(op, x: mx.array) -> tuple[np.ndarray, np.ndarray]:

@@ -36,23 +36,6 @@ from tiny_llm_playground.kernels import ref
 RTOL, ATOL = 2e-5, 2e-5  # float32: exp and sums in another order
 
 
-@pytest.fixture
-def isas():
-    """`for isa in isas():` runs the body once per ISA the extension runs here, set as the active one; the
-    one active before is restored when the test ends, passed or failed."""
-    require("cpu")
-    ext = kcpu.load()
-    before = ext.cpu_isa()
-
-    def each():
-        for isa in ext.supported_isas():
-            ext.set_isa(isa)
-            yield isa
-
-    yield each
-    ext.set_isa(before)
-
-
 class Batch:
     """A random batch of rows in a paged cache: each row's token history (keys and values), its blocks
     (a random permutation of the pool: out of order, not contiguous; -1 past them), and the pools'
